@@ -1,0 +1,1 @@
+"""Service shells (API gateway, workers) around the `mmdlm` library."""
