@@ -142,27 +142,33 @@ def shakespeare_documents() -> list[Document]:
 
 
 def split_sections(text: str) -> list[str]:
-    """Cut a play into scenes (or a sonnet collection into sonnets); a text with no headings stays whole."""
+    """Cut a play into scenes (or a sonnet collection into sonnets); a text with no headings stays whole.
+
+    Whatever precedes the first heading (title page, cast list) and every section shorter than
+    _MIN_SECTION_CHARS (an ACT heading alone) is joined to the section after it; the text is otherwise
+    kept as is, so the sections put back together give the original text.
+    """
     lines = text.splitlines()
     starts = [i for i, line in enumerate(lines) if _HEADING.match(line)]
     if not starts:
         starts = [i for i, line in enumerate(lines) if _SONNET_NUMBER.match(line)]
-    bounds = [0, *[s for s in starts if s > 0], len(lines)]
+    bounds = sorted({0, *starts, len(lines)})
+    pieces = ["\n".join(lines[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     sections: list[str] = []
-    carry = ""
-    for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
-        chunk = (carry + "\n" + "\n".join(lines[begin:end])).strip("\n")
-        if len(chunk.strip()) < _MIN_SECTION_CHARS and end != len(lines):
-            carry = chunk
+    carry: list[str] = []
+    for i, piece in enumerate(pieces):
+        carry.append(piece)
+        is_preamble = i == 0 and starts and starts[0] > 0
+        if is_preamble or len(piece.strip()) < _MIN_SECTION_CHARS:
             continue
-        carry = ""
-        sections.append(chunk)
-    if carry.strip():
+        sections.append("\n".join(carry))
+        carry = []
+    if carry:  # a short tail joins the section before it
         if sections:
-            sections[-1] = sections[-1] + "\n" + carry
+            sections[-1] = "\n".join([sections[-1], *carry])
         else:
-            sections.append(carry)
-    return [s for s in sections if s.strip()]
+            sections.append("\n".join(carry))
+    return [section.strip("\n") for section in sections if section.strip()]
 
 
 # ------------------------------------------------------------------------------------------------ folder

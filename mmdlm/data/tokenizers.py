@@ -203,7 +203,10 @@ def _train_bpe(
 
 def _pretrained(name_or_path: str) -> PreTrainedTokenizerFast:
     """Any fast HF tokenizer; roles follow spec §1.1: BOS = bos or cls, EOS = eos or sep, then [PAD], [MASK]."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:  # missing folder, unknown hub id, offline without a cache
+        raise ValueError(f"tokenizer.name_or_path: cannot load tokenizer {name_or_path!r}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"tokenizer {name_or_path!r} has no fast (tokenizers) version; pick another one")
     bos = tokenizer.bos_token or tokenizer.cls_token
