@@ -205,29 +205,36 @@ class FolderCorpus(Corpus):
                 if text.strip():
                     yield Document(rel, text)
             else:
-                yield from self._jsonl(path, rel)
+                yield from (doc for doc in self._jsonl(path, rel) if doc.text.strip())
 
     def _jsonl(self, path: Path, rel: str) -> Iterator[Document]:
-        for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{rel}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{rel}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            if self.text_field not in record:
-                raise ValueError(
-                    f"{rel}:{lineno}: no field {self.text_field!r} (source.text_field); keys: {sorted(record)}"
-                )
-            text = record[self.text_field]
-            if not isinstance(text, str):
-                raise ValueError(
-                    f"{rel}:{lineno}: field {self.text_field!r} is {type(text).__name__}, not a string"
-                )
-            if text.strip():
-                yield Document(f"{rel}:{lineno}", text)
+        try:
+            with path.open(encoding="utf-8") as handle:
+                for lineno, line in enumerate(handle, start=1):
+                    if line.strip():
+                        yield self._record(line, rel, lineno)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot be read ({exc.strerror})") from None
+
+    def _record(self, line: str, rel: str, lineno: int) -> Document:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{rel}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{rel}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        if self.text_field not in record:
+            raise ValueError(
+                f"{rel}:{lineno}: no field {self.text_field!r} (source.text_field); keys: {sorted(record)}"
+            )
+        text = record[self.text_field]
+        if not isinstance(text, str):
+            raise ValueError(
+                f"{rel}:{lineno}: field {self.text_field!r} is {type(text).__name__}, not a string"
+            )
+        return Document(f"{rel}:{lineno}", text)
 
 
 def _read_text(path: Path) -> str:

@@ -202,7 +202,8 @@ def _train_bpe(
 
 
 def _pretrained(name_or_path: str) -> PreTrainedTokenizerFast:
-    """Any fast HF tokenizer; roles follow spec §1.1: BOS = bos or cls, EOS = eos or sep, then [PAD], [MASK]."""
+    """Any fast HF tokenizer; roles follow spec §1.1: BOS = bos or cls, EOS = eos or sep, then [PAD] and
+    [MASK] are appended (in that order) when missing or when they would coincide with BOS/EOS."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:  # missing folder, unknown hub id, offline without a cache
@@ -216,8 +217,9 @@ def _pretrained(name_or_path: str) -> PreTrainedTokenizerFast:
         bos = eos = "[EOS]"
     tokenizer.bos_token = bos or eos
     tokenizer.eos_token = eos or bos
-    if tokenizer.pad_token is None:
+    # A pad that doubles as BOS/EOS (a common fine-tuning shortcut) would hide EOS from attention_mask.
+    if tokenizer.pad_token is None or tokenizer.pad_token in (tokenizer.bos_token, tokenizer.eos_token):
         tokenizer.add_special_tokens({"pad_token": PAD})
-    if tokenizer.mask_token is None:
+    if tokenizer.mask_token is None or tokenizer.mask_token in (tokenizer.bos_token, tokenizer.eos_token):
         tokenizer.add_special_tokens({"mask_token": MASK})
     return tokenizer

@@ -30,6 +30,10 @@ class VocabInfo(BaseModel):
                 raise ValueError(
                     f"{name}={getattr(self, name)} is outside the vocabulary (size {self.vocab_size})"
                 )
-        if self.mask_id == self.pad_id:
-            raise ValueError(f"mask_id and pad_id must differ, both are {self.pad_id}")
+        # attention_mask is `ids != pad`, and the mask token must never be real text: both stay distinct
+        # (BOS == EOS is fine, GPT-2 uses <|endoftext|> for both).
+        if self.pad_id in (self.bos_id, self.eos_id, self.mask_id):
+            raise ValueError(f"pad_id {self.pad_id} must differ from bos_id, eos_id and mask_id")
+        if self.mask_id in (self.bos_id, self.eos_id):
+            raise ValueError(f"mask_id {self.mask_id} must differ from bos_id and eos_id")
         return self

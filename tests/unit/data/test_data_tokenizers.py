@@ -129,6 +129,22 @@ def test_pretrained_adds_pad_then_mask_when_missing(tmp_path: Path) -> None:
     assert vocab_info(load_tokenizer(tmp_path / "saved")) == vocab_info(tokenizer)
 
 
+def test_pretrained_pad_equal_to_eos_gets_its_own_pad(tmp_path: Path) -> None:
+    vocab = {chr(c): i for i, c in enumerate(range(97, 123))} | {"</s>": 26}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.add_special_tokens(["</s>"])
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="</s>").save_pretrained(
+        str(tmp_path)
+    )
+    info = vocab_info(build_tokenizer(PretrainedTokenizerConfig(name_or_path=str(tmp_path))))
+    assert (info.eos_id, info.pad_id, info.mask_id) == (26, 27, 28)
+
+
+def test_vocab_info_refuses_shared_pad() -> None:
+    with pytest.raises(ValueError, match="pad_id 5 must differ"):
+        VocabInfo(vocab_size=10, pad_id=5, mask_id=6, bos_id=5, eos_id=5)
+
+
 def test_pretrained_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="tokenizer.name_or_path"):
         build_tokenizer(PretrainedTokenizerConfig(name_or_path=str(tmp_path / "nope")))
