@@ -38,10 +38,13 @@ ENCODE_BATCH = 512  # documents per encode call: large enough to amortise, small
 
 
 def prepare_dataset(
-    config: PrepareDataConfig, out_dir: Path, progress: Progress | None = None
+    config: PrepareDataConfig, out_dir: Path | str, progress: Progress | None = None
 ) -> DatasetManifest:
     """Build the dataset folder `out_dir` (it must not exist, or be empty) and return its manifest.
 
+    progress(done, total, phase) is called every few hundred documents in each phase ("scanning documents",
+    "training tokenizer", "tokenizing", finally "done"); an exception raised from it (e.g. a job's
+    cancellation) stops the preparation and removes the partial folder.
     Raises ValueError naming the problem for bad input (no documents, bad JSONL, missing text field).
     """
     out_dir = Path(out_dir)

@@ -179,6 +179,20 @@ def test_progress_is_reported_per_phase(tmp_path: Path) -> None:
     assert calls[-1] == (2000, 2000, "done")
 
 
+def test_an_exception_from_progress_stops_and_cleans_up(tmp_path: Path) -> None:
+    class Cancelled(Exception):
+        pass
+
+    def progress(done: int, total: int, phase: str) -> None:
+        if phase == "tokenizing" and done > 0:
+            raise Cancelled
+
+    config = PrepareDataConfig(source={"type": "bundled", "parts": ["wiki"]}, max_documents=2000, seq_len=32)
+    with pytest.raises(Cancelled):
+        prepare_dataset(config, tmp_path / "out", progress=progress)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_hf_source_reads_a_local_dataset_folder(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "hf" / "train.jsonl", [f"row {i} of a local dataset." for i in range(30)])
     config = PrepareDataConfig(
