@@ -1,0 +1,1 @@
+"""The ML commands as a typer app (`mmdlm.cli:app`); `services/cli.py` mounts it into `mmdlm`."""

@@ -1,0 +1,53 @@
+"""Helpers shared by the CLI commands and `python -m mmdlm.training`: logging setup and turning config
+errors into one readable line per problem (no traceback for a user's typo)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import yaml
+from pydantic import ValidationError
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Rank 0 logs at `level` (through rich on a terminal); other torchrun ranks only warnings."""
+    rank = int(os.environ.get("RANK", 0))
+    root = logging.getLogger()
+    if any(getattr(h, "_mmdlm", False) for h in root.handlers):
+        return
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        prefix = f"[rank {rank}] " if "RANK" in os.environ else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s"))
+    handler._mmdlm = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level if rank == 0 else logging.WARNING)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """`field.path: message` per error; union members are named by their tag (model.mdlm.process...)."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return "\n".join(lines)
+
+
+def config_error_message(exc: BaseException) -> str | None:
+    """A user-facing message for errors that come from a bad config file or override; None otherwise."""
+    if isinstance(exc, ValidationError):
+        return "invalid config:\n" + format_validation_error(exc)
+    if isinstance(exc, yaml.YAMLError):
+        return f"config is not valid YAML: {exc}"
+    if isinstance(exc, FileNotFoundError | ValueError | KeyError):
+        return str(exc).strip("'\"")
+    return None
