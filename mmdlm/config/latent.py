@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from mmdlm.config.base import StrictModel
+from mmdlm.config.data import BertTokenizerConfig, TokenizerConfig
 
 EncoderName = Literal["minilm", "e5", "bge-m3", "qwen3", "t5", "sonar"]
 LatentMode = Literal["joint", "t2l", "l2t"]
@@ -39,23 +40,33 @@ class EncoderConfig(StrictModel):
 
 
 class EncodeConfig(StrictModel):
-    """How `mmdlm encode` turns a `dataset` artifact or a text folder into a `latent-dataset`."""
+    """How `mmdlm encode` turns a `dataset` artifact or a text folder into a `latent-dataset`.
+
+    One latent per token row: the row's text (its ids decoded without special tokens) is encoded, and
+    the row's ids are stored next to it unchanged, so text and latent always describe the same tokens.
+    A text folder is first prepared into a `dataset` with `packing: pad` (one document per row start, a
+    long document cut into several rows), which then follows the same path. Rows of a `pack`ed dataset
+    may span two documents; their latent then describes both (prefer `pad` for latent work).
+    """
 
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     role: Literal["passage", "query"] = "passage"
     """Side of asymmetric encoders used for the stored latents (E5 prefix, Qwen3 instruction)."""
-    unit: Literal["row", "sentence", "paragraph"] = "row"
-    """`row`: one latent per token row of a `dataset` artifact (its decoded text). For a text folder:
-    `sentence` or `paragraph` units, each tokenised into its own row (`row` means paragraph there)."""
     shard_rows: int = Field(default=4096, ge=1)
+    """Rows per latent shard: the unit of work a worker encodes, verifies and can skip when done."""
     max_rows: int | None = Field(default=None, ge=1)
-    """Cap per split (rows in order), for quick runs."""
+    """Cap per split (first rows in order), for quick runs."""
     # text-folder sources only (a `dataset` source brings its own tokenizer, seq_len and split)
-    tokenizer: str = "bert-base-uncased"
-    seq_len: int = Field(default=128, ge=4)
-    validation_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
-    seed: int = 0
-    min_chars: int = Field(default=20, ge=1)
+    tokenizer: TokenizerConfig = Field(default_factory=BertTokenizerConfig)
+    seq_len: int = Field(default=128, ge=8)
+    validation_fraction: float = Field(default=0.05, gt=0.0, le=0.5)
+    max_documents: int | None = Field(default=None, ge=2)
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("tokenizer", mode="before")
+    @classmethod
+    def _tokenizer_shorthand(cls, value: object) -> object:
+        return {"type": value} if isinstance(value, str) else value
 
 
 class GaussianConfig(StrictModel):
