@@ -191,6 +191,10 @@ class Pipeline:
         the dtype `config.float64` asks for.
         """
         config = config or SampleConfig()
+        context = (self.trained or {}).get("seq_len")
+        if config.seq_len is None and context:
+            # positions past the training rows were never trained: sample at the training context by default
+            config = config.model_copy(update={"seq_len": min(int(context), self.model.config.max_seq_len)})
         if prompt is not None:
             if prompt_ids is not None:
                 raise ValueError("give either prompt (text) or prompt_ids, not both")
@@ -244,7 +248,9 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", weight
     family = config["family"]
     spec = spec_from_json(family, config["model"], config.get("process") or {}, root)
     vocab = VocabInfo.model_validate(config["vocab"])
-    built = get_family(family).build(spec, vocab)
+    # the saved weights overwrite any initialisation, so never re-derive it from a source checkpoint
+    build_spec = spec.model_copy(update={"embed_init": "random"}) if hasattr(spec, "embed_init") else spec
+    built = get_family(family).build(build_spec, vocab)
     name = {"model": WEIGHTS_NAME, "raw": RAW_WEIGHTS_NAME}.get(weights)
     if name is None:
         raise ValueError(f"weights must be 'model' or 'raw', got {weights!r}")

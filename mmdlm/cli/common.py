@@ -6,9 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 import yaml
 from pydantic import ValidationError
+
+T = TypeVar("T")
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -51,3 +55,22 @@ def config_error_message(exc: BaseException) -> str | None:
     if isinstance(exc, FileNotFoundError | ValueError | KeyError):
         return str(exc).strip("'\"")
     return None
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print `error: message` to stderr and exit with `code` (2: bad input)."""
+    import typer
+
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def run_guarded(fn: Callable[[], T]) -> T:
+    """Run `fn`, turning config/input errors into `fail(...)`; anything else propagates."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - classified below, unknown errors re-raised
+        message = config_error_message(exc)
+        if message is None:
+            raise
+        fail(message)

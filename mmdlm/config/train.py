@@ -140,9 +140,8 @@ class TrainConfig(StrictModel):
     """Write run_dir/final as a `model` folder (mmdlm.pipeline.load_pretrained reloads it)."""
     debug: DebugSection = Field(default_factory=DebugSection)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_placeholders(cls, data: object) -> object:
+    @model_validator(mode="after")
+    def _no_placeholders(self) -> TrainConfig:
         """Presets mark what only the user knows with `???`; name every such field still unset."""
         missing: list[str] = []
 
@@ -153,12 +152,12 @@ class TrainConfig(StrictModel):
             elif node == PLACEHOLDER:
                 missing.append(path)
 
-        walk(data, "")
+        walk(self.model_dump(mode="json"), "")
         if missing:
             raise ValueError(
                 "fields still hold the preset placeholder '???', set them with --set: " + ", ".join(missing)
             )
-        return data
+        return self
 
     @field_validator("resume", mode="before")
     @classmethod

@@ -7,15 +7,33 @@ bug 16). Only non-pad tokens are counted (the objective's token counts).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mmdlm.data.tokens import TokenSplit
 from mmdlm.families import Objective
 from mmdlm.training.distributed import all_reduce_sum
+
+
+def eval_batches(
+    split: TokenSplit, batch_size: int, rank: int, world_size: int, max_batches: int | None
+) -> Iterator[dict[str, Tensor]]:
+    """This rank's validation batches: rows rank, rank + W, ... in order, each row exactly once over all ranks.
+
+    Ranks may get one batch more or less than each other; evaluation has no collective per batch, so that
+    is fine, and no row is duplicated to even them out.
+    """
+    rows = np.arange(rank, len(split), world_size)
+    if max_batches is not None:
+        rows = rows[: max_batches * batch_size]
+    for start in range(0, len(rows), batch_size):
+        arrays = split.get_batch(rows[start : start + batch_size])
+        yield {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
 @dataclass

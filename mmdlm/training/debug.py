@@ -64,6 +64,24 @@ def prepare_debug_dataset(
     return out
 
 
+def prepare_debug_clusters(dataset: str | Path, root: str | Path, num_clusters: int = 16) -> Path:
+    """HDLM clusters (once; later calls reuse them) of the dataset's tokenizer from the offline MiniLM
+    encoder's input embeddings."""
+    from mmdlm.clusters import clusters_for_tokenizer
+    from mmdlm.data.tokens import TokenDataset
+
+    ds = TokenDataset.open(dataset, verify=False)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / f"{Path(dataset).name}-c{num_clusters}"
+    with open(root / f"{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "manifest.json").is_file():
+            clusters = clusters_for_tokenizer(ds.tokenizer(), num_clusters, mask_id=ds.vocab.mask_id, seed=0)
+            clusters.save(out)
+    return out
+
+
 def debug_train_config(
     family: str,
     dataset: str | Path,
@@ -104,4 +122,3 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-

@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +36,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mmdlm.config.train import TrainConfig
 from mmdlm.data.loader import BatchLoader
-from mmdlm.data.tokens import TokenDataset, TokenSplit
-from mmdlm.eval.likelihood import nll_sums
+from mmdlm.data.tokens import TokenDataset
+from mmdlm.eval.likelihood import eval_batches, nll_sums
 from mmdlm.families import Built, get_family
 from mmdlm.training import checkpoint as ckpt
 from mmdlm.training.distributed import (
@@ -59,22 +59,6 @@ log = logging.getLogger("mmdlm.training")
 def derived_seed(*parts: int) -> int:
     """A 63-bit seed from integers (seed, rank, purpose), independent streams for each combination."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def eval_batches(
-    split: TokenSplit, batch_size: int, rank: int, world_size: int, max_batches: int | None
-) -> Iterator[dict[str, Tensor]]:
-    """This rank's validation batches: rows rank, rank + W, ... in order, each row exactly once over all ranks.
-
-    Ranks may get one batch more or less than each other; evaluation has no collective per batch, so that
-    is fine, and no row is duplicated to even them out.
-    """
-    rows = np.arange(rank, len(split), world_size)
-    if max_batches is not None:
-        rows = rows[: max_batches * batch_size]
-    for start in range(0, len(rows), batch_size):
-        arrays = split.get_batch(rows[start : start + batch_size])
-        yield {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
 @dataclass

@@ -1,0 +1,3 @@
+from mmdlm.cli import app
+
+app(prog_name="mmdlm")
