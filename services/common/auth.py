@@ -1,0 +1,92 @@
+"""API tokens: `mmdlm_<random>` shown once at creation; only its sha256 is stored.
+
+A sha256 lookup (not a slow password hash) is right here: tokens are 256-bit random secrets, so there
+is nothing to brute-force, and every request must authenticate in well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.common.models import ApiToken, User, utcnow
+
+PREFIX = "mmdlm_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated user as a plain value (cacheable, no live session): what handlers and the
+    kinds' `check` functions receive as `user`."""
+
+    id: int
+    name: str
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def get_or_create_user(session: Session, name: str) -> User:
+    name = name.strip()
+    if not name or len(name) > 64:
+        raise ValueError("user name must be 1-64 characters")
+    user = session.execute(select(User).where(User.name == name)).scalar_one_or_none()
+    if user is None:
+        user = User(name=name, created_at=utcnow())
+        session.add(user)
+        session.flush()
+    return user
+
+
+def create_token(
+    session: Session, user_name: str, *, token_name: str = "", ttl_days: float | None = None
+) -> tuple[User, str]:
+    """Create (or reuse) the user and a new token for them; returns the plain token (shown once)."""
+    user = get_or_create_user(session, user_name)
+    token = PREFIX + secrets.token_urlsafe(32)
+    now = utcnow()
+    session.add(
+        ApiToken(
+            user_id=user.id,
+            name=token_name[:64],
+            token_hash=hash_token(token),
+            prefix=token[: len(PREFIX) + 4],
+            created_at=now,
+            expires_at=now + timedelta(days=ttl_days) if ttl_days else None,
+        )
+    )
+    session.flush()
+    return user, token
+
+
+def user_for_token(session: Session, token: str, now: datetime | None = None) -> User | None:
+    """The user a token belongs to, or None if it is unknown, revoked or expired."""
+    if not token.startswith(PREFIX):
+        return None
+    now = now or utcnow()
+    row = session.execute(
+        select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+    ).scalar_one_or_none()
+    if row is None or (row.expires_at is not None and row.expires_at <= now):
+        return None
+    return row.user
+
+
+def revoke_tokens(session: Session, user_name: str) -> int:
+    user = session.execute(select(User).where(User.name == user_name)).scalar_one_or_none()
+    if user is None:
+        return 0
+    rows = session.execute(
+        select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+    ).scalars()
+    count = 0
+    for row in rows:
+        row.revoked_at = utcnow()
+        count += 1
+    return count

@@ -1,0 +1,75 @@
+"""The Celery app: three queues (`encode`, `train`, `sample`), one task, late acks.
+
+A message is a wake-up carrying a job id; the job row holds everything else (STYLE habit 12). It is
+published only after the row is committed. `task_acks_late` + `task_reject_on_worker_lost` put a
+message back when its worker dies, `worker_prefetch_multiplier=1` stops a worker hoarding messages
+while it runs a long job. None of that can prevent a second delivery (Redis re-delivers anything
+unacknowledged after its visibility timeout), which is why the SQL lease, not the broker, decides who
+runs a job. No result backend: the job row is the result.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from services.common.kinds import QUEUES
+from services.common.settings import Settings
+
+TASK_NAME = "mmdlm.wake"
+
+
+def create_celery(settings: Settings) -> Celery:
+    if settings.embedded_broker:
+        # The SQL transport polls; 1 s by default. A class attribute: kombu 5.7 crashes when it is
+        # passed as a transport option.
+        from kombu.transport.sqlalchemy import Transport
+
+        Transport.polling_interval = settings.broker_poll_interval_s
+    app = Celery("mmdlm", broker=settings.broker_url, set_as_current=False)
+    transport_options: dict[str, object] = {}
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        transport_options["visibility_timeout"] = settings.broker_visibility_timeout_s
+        if settings.broker_key_prefix:
+            transport_options["global_keyprefix"] = settings.broker_key_prefix
+    app.conf.update(
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
+        task_default_queue=QUEUES[0],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        enable_utc=True,
+    )
+    return app
+
+
+def publish(app: Celery, job_id: str, queue: str) -> None:
+    """Send the wake-up for `job_id` to `queue`; raises if the broker stays unreachable."""
+    if queue not in QUEUES:
+        raise ValueError(f"unknown queue {queue!r}")
+    app.send_task(
+        TASK_NAME,
+        args=[job_id],
+        queue=queue,
+        routing_key=queue,
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.0, "interval_step": 0.2, "interval_max": 0.5},
+    )
+
+
+def check_broker(app: Celery, timeout_s: float = 3.0) -> None:
+    """Raise if the broker cannot be reached (for /readyz)."""
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout_s)
+        if conn.transport_cls in ("redis", "rediss") or conn.transport.driver_type == "redis":
+            conn.default_channel.client.ping()
