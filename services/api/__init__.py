@@ -1,0 +1,1 @@
+"""FastAPI gateway: `create_app(settings)`; run with `mmdlm serve`."""

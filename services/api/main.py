@@ -1,0 +1,72 @@
+"""The gateway application. `create_app(settings)` builds everything from settings (tests make several
+apps in one process); uvicorn runs it as a factory: `uvicorn --factory services.api.main:create_app`.
+
+Handlers that touch the database or the store are plain `def` (FastAPI runs them in its threadpool);
+the only `async def` handlers do no blocking I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import mmdlm
+from services.api import errors
+from services.api.observability import MetricsMiddleware
+from services.api.routes import artifacts, events, health, jobs
+from services.api.routes import kinds as kinds_routes
+from services.api.schemas import job_create_type
+from services.api.state import AppState
+from services.common.db import Database
+from services.common.kinds import load_kinds
+from services.common.migrate import upgrade
+from services.common.queue import create_celery
+from services.common.settings import Settings, get_settings
+from services.common.store import StoreError, open_store
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if settings.should_auto_migrate:
+        upgrade(settings.database_url)
+    kinds = load_kinds(settings.kind_modules)
+    state = AppState(
+        settings=settings,
+        db=Database(settings.database_url, pool_size=settings.db_pool_size, echo=settings.db_echo),
+        store=open_store(settings),
+        celery=create_celery(settings),
+        kinds=kinds,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            state.store.check()
+        except StoreError as exc:
+            logger.error("object store not usable yet: %s (/readyz reports it)", exc)
+        logger.info("mmdlm API ready: kinds %s, store %s", ", ".join(sorted(kinds)), state.store.describe())
+        yield
+        state.celery.close()
+        state.db.engine.dispose()
+
+    app = FastAPI(
+        title="MM-DLM",
+        version=mmdlm.__version__,
+        description="Submit and track diffusion-LM jobs (prepare-data, encode, train, sample, evaluate).",
+        max_body_size=settings.max_body_bytes,
+        lifespan=lifespan,
+    )
+    app.state.mmdlm = state
+    errors.install(app)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.include_router(health.router)
+    app.include_router(jobs.build_router(kinds, job_create_type(kinds)))
+    app.include_router(events.router)
+    app.include_router(artifacts.router)
+    app.include_router(kinds_routes.router)
+    return app

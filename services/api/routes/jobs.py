@@ -1,0 +1,115 @@
+"""/v1/jobs: submit, list, read, cancel, metrics. (The SSE stream lives in `events.py`.)
+
+No `from __future__ import annotations` here: the request body type is built from the kind registry
+at start-up, and FastAPI must see the real type object in the handler signature.
+"""
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Query, Response, status
+
+from services.api.deps import CurrentUser, SessionDep, StateDep
+from services.api.schemas import (
+    JobPublic,
+    JobsPublic,
+    MetricSeries,
+    MetricsPublic,
+    finite_or_none,
+    split_options,
+)
+from services.common import crud, lifecycle
+from services.common.kinds import JobKind
+from services.common.models import JobStatus
+from services.common.queue import publish
+
+logger = logging.getLogger(__name__)
+
+NOT_FOUND = "job not found"
+
+
+def build_router(kinds: dict[str, JobKind], job_create: Any) -> APIRouter:
+    router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+    @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+    def submit_job(body: Annotated[job_create, Body()], user: CurrentUser, state: StateDep) -> JobPublic:  # type: ignore[valid-type]
+        """Validate the spec, store a queued job, then publish its wake-up (after the commit)."""
+        spec_data, options = split_options(body)
+        kind = kinds[spec_data["kind"]]
+        spec = kind.spec.model_validate(spec_data)
+        max_attempts = options.max_attempts or kind.max_attempts or state.settings.default_max_attempts
+        with state.db.session() as session, session.begin():
+            if kind.check is not None:
+                kind.check(spec, session, user)  # FieldError -> 422
+            job = lifecycle.create_job(
+                session, owner_id=user.id, kind=kind.name, queue=kind.queue,
+                spec=spec.model_dump(mode="json"), priority=options.priority, max_attempts=max_attempts,
+            )  # fmt: skip
+        try:
+            publish(state.celery, job.id, job.queue)
+        except Exception as exc:
+            # The row is the truth: the sweeper publishes the wake-up once the broker is back.
+            logger.warning("job %s stored but its wake-up could not be published: %s", job.id, exc)
+        else:
+            lifecycle.mark_enqueued(state.db, job.id)
+        return JobPublic.of(job)
+
+    @router.get("", response_model=JobsPublic)
+    def list_jobs(
+        user: CurrentUser,
+        session: SessionDep,
+        status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
+        kind: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> JobsPublic:
+        """The caller's jobs, newest first; filter by `status` (repeatable) and `kind`."""
+        jobs, total = crud.list_jobs(
+            session, user.id, status=[s.value for s in status_ or []], kind=kind, limit=limit, offset=offset
+        )
+        produced = crud.job_artifact_ids(session, [j.id for j in jobs])
+        return JobsPublic(
+            data=[JobPublic.of(j, produced.get(j.id)) for j in jobs], count=total, limit=limit, offset=offset
+        )
+
+    @router.get("/{job_id}", response_model=JobPublic)
+    def get_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobPublic:
+        job = crud.get_job(session, job_id, user.id)
+        if job is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
+        return JobPublic.of(job, crud.job_artifact_ids(session, [job.id]).get(job.id))
+
+    @router.post("/{job_id}/cancel", response_model=JobPublic)
+    def cancel_job(job_id: str, user: CurrentUser, state: StateDep, response: Response) -> JobPublic:
+        """Waiting jobs are cancelled at once (200); running ones stop within seconds (202)."""
+        outcome = lifecycle.request_cancel(state.db, job_id, owner_id=user.id)
+        if outcome is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
+        if outcome in (JobStatus.succeeded.value, JobStatus.failed.value):
+            raise HTTPException(status.HTTP_409_CONFLICT, f"job already {outcome}; nothing to cancel")
+        if outcome == JobStatus.running.value:
+            response.status_code = status.HTTP_202_ACCEPTED
+        with state.db.session() as session:
+            job = crud.get_job(session, job_id, user.id)
+            assert job is not None
+            return JobPublic.of(job, crud.job_artifact_ids(session, [job.id]).get(job.id))
+
+    @router.get("/{job_id}/metrics", response_model=MetricsPublic)
+    def get_metrics(
+        job_id: str,
+        user: CurrentUser,
+        session: SessionDep,
+        name: Annotated[list[str] | None, Query()] = None,
+        since_step: Annotated[int | None, Query(ge=0)] = None,
+    ) -> MetricsPublic:
+        """Metric series of a job as columns per name (`name` repeatable to select)."""
+        if crud.get_job(session, job_id, user.id) is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
+        series: dict[str, MetricSeries] = {}
+        for row in crud.job_metrics(session, job_id, names=name or [], since_step=since_step):
+            s = series.setdefault(row.name, MetricSeries(steps=[], values=[]))
+            s.steps.append(row.step)
+            s.values.append(finite_or_none(row.value))
+        return MetricsPublic(job_id=job_id, series=series)
+
+    return router

@@ -1,0 +1,162 @@
+"""Pydantic models at the edge of the API: `JobCreate` (built from the kind registry), and the
+`*Public` families the handlers return. ORM rows never leave the API directly."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from services.common.kinds import JobKind
+from services.common.models import Artifact, Job, JobEvent
+
+
+class JobOptions(BaseModel):
+    """Options of a submission that are not part of the spec; they sit next to the spec fields."""
+
+    priority: int = Field(default=0, ge=-100, le=100, description="higher runs first within a queue")
+    max_attempts: int | None = Field(
+        default=None, ge=1, le=100, description="default: MMDLM_DEFAULT_MAX_ATTEMPTS"
+    )
+
+
+def job_create_type(kinds: dict[str, JobKind]) -> Any:
+    """The request body of POST /v1/jobs: a union discriminated by `kind` over the registered specs,
+    each extended with the job options (`priority`, `max_attempts`)."""
+    models = []
+    for kind in kinds.values():
+        models.append(
+            create_model(
+                f"{kind.spec.__name__}Request",
+                __base__=kind.spec,
+                __doc__=kind.description or kind.spec.__doc__,
+                priority=(int, JobOptions.model_fields["priority"]),
+                max_attempts=(int | None, JobOptions.model_fields["max_attempts"]),
+            )
+        )
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[tuple(models)], Field(discriminator="kind")]  # noqa: UP007
+
+
+def split_options(body: BaseModel) -> tuple[dict[str, Any], JobOptions]:
+    data = body.model_dump(mode="json")
+    options = JobOptions(priority=data.pop("priority"), max_attempts=data.pop("max_attempts"))
+    return data, options
+
+
+class Progress(BaseModel):
+    step: int | None = None
+    total: int | None = None
+    message: str | None = None
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: str
+    queue: str
+    status: str
+    priority: int
+    attempt: int
+    max_attempts: int
+    cancel_requested: bool
+    progress: Progress
+    error: str | None
+    worker: str | None = Field(description="lease owner of the current/last attempt")
+    spec: dict[str, Any]
+    artifacts: list[str] = Field(default_factory=list, description="ids of the artifacts this job produced")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    heartbeat_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job, artifacts: list[str] | None = None) -> JobPublic:
+        return cls(
+            id=job.id, kind=job.kind, queue=job.queue, status=job.status, priority=job.priority,
+            attempt=job.attempt, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested,
+            progress=Progress(step=job.progress_step, total=job.progress_total, message=job.progress_message),
+            error=job.error, worker=job.lease_owner, spec=job.spec, artifacts=artifacts or [],
+            created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+            updated_at=job.updated_at, heartbeat_at=job.heartbeat_at,
+        )  # fmt: skip
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int = Field(description="total matching jobs (all pages)")
+    limit: int
+    offset: int
+
+
+class ArtifactFile(BaseModel):
+    path: str
+    sha256: str
+    bytes: int
+
+
+class ArtifactPublic(BaseModel):
+    id: str
+    kind: str
+    name: str
+    producer_job_id: str | None
+    uri: str
+    sha256: str
+    bytes: int
+    metadata: dict[str, Any]
+    files: list[ArtifactFile]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, artifact: Artifact) -> ArtifactPublic:
+        meta = dict(artifact.meta or {})
+        files = [ArtifactFile(**f) for f in meta.pop("files", [])]
+        return cls(
+            id=artifact.id, kind=artifact.kind, name=artifact.name, producer_job_id=artifact.producer_job_id,
+            uri=artifact.uri, sha256=artifact.sha256, bytes=artifact.bytes, metadata=meta, files=files,
+            created_at=artifact.created_at,
+        )  # fmt: skip
+
+
+class ArtifactsPublic(BaseModel):
+    data: list[ArtifactPublic]
+    count: int
+    limit: int
+    offset: int
+
+
+class MetricSeries(BaseModel):
+    steps: list[int]
+    values: list[float | None]
+
+
+class MetricsPublic(BaseModel):
+    job_id: str
+    series: dict[str, MetricSeries] = Field(description="metric name -> columns, ordered by step")
+
+
+class EventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    type: str
+    data: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, event: JobEvent) -> EventPublic:
+        return cls(id=event.id, type=event.type, data=event.data, created_at=event.created_at)
+
+
+class KindPublic(BaseModel):
+    name: str
+    queue: str
+    description: str
+    spec_schema: dict[str, Any]
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
