@@ -1,0 +1,1 @@
+"""Workers of queue `encode`: `prepare-data` (corpus -> tokenized `dataset` artifact); `encode` later."""

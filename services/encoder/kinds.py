@@ -1,0 +1,31 @@
+"""Job kinds of the `encode` queue. Imported by the API as well: keep it free of torch/tokenizers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from mmdlm.config.data import PrepareDataConfig
+from services.common.kinds import JobKind, register
+
+
+class PrepareDataSpec(PrepareDataConfig):
+    """`kind: prepare-data` + the fields of `PrepareDataConfig` (source, tokenizer, seq_len, ...)."""
+
+    kind: Literal["prepare-data"] = "prepare-data"
+
+    def to_config(self) -> PrepareDataConfig:
+        return PrepareDataConfig.model_validate(self.model_dump(exclude={"kind"}))
+
+
+PREPARE_DATA = register(
+    JobKind(
+        name="prepare-data",
+        spec=PrepareDataSpec,
+        queue="encode",
+        runner="services.encoder.prepare:run",
+        # prepare_dataset raises these for bad input (empty source, bad JSONL, missing folder):
+        # trying again cannot help.
+        permanent_errors=(ValueError, FileNotFoundError, NotADirectoryError),
+        description="Tokenize a corpus into a `dataset` artifact (token shards + tokenizer + manifest).",
+    )
+)
