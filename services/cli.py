@@ -1,0 +1,412 @@
+"""`mmdlm`: the platform commands (serve, worker, migrate, token, submit, jobs, status, logs, cancel,
+demo, ...) plus the ML commands of `mmdlm.cli:app`, mounted lazily so that a missing or broken ML CLI
+never stops the platform commands from working.
+
+Client commands talk to the API over HTTP (`MMDLM_API_URL`, `MMDLM_TOKEN`). Every error is printed as
+one line on stderr with a non-zero exit code, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="mmdlm",
+    help="Train, sample and evaluate diffusion language models as tracked jobs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+artifact_app = typer.Typer(help="Artifacts (datasets, models, samples).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(artifact_app, name="artifact")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings() -> Any:
+    from pydantic import ValidationError
+
+    from services.common.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        fail(f"invalid MMDLM_* settings: {problems}")
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _client() -> Any:
+    from services.common.client import Client
+
+    settings = _settings()
+    token = settings.token.get_secret_value() if settings.token else None
+    if not token:
+        fail("no API token: set MMDLM_TOKEN (create one with `mmdlm token create --user NAME`)")
+    return Client(settings.api_url, token, timeout_s=settings.http_timeout_s)
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from services.common.client import ClientError
+
+    try:
+        return fn(*args, **kwargs)
+    except ClientError as exc:
+        fail(str(exc))
+
+
+# --- servers -------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="default MMDLM_API_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="default MMDLM_API_PORT")] = None,
+    workers: Annotated[int | None, typer.Option(help="uvicorn worker processes")] = None,
+) -> None:
+    """Run the REST gateway (uvicorn)."""
+    import uvicorn
+
+    settings = _settings()
+    _logging(settings.log_level)
+    if settings.should_auto_migrate:
+        from services.common.migrate import upgrade
+
+        upgrade(settings.database_url)
+    uvicorn.run(
+        "services.api.main:create_app",
+        factory=True,
+        host=host or settings.api_host,
+        port=settings.api_port if port is None else port,
+        workers=workers or settings.api_workers,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="comma-separated: encode,train,sample")] = "encode,train,sample",
+    concurrency: Annotated[int, typer.Option(min=1, help="jobs run at once (one process each)")] = 1,
+    pool: Annotated[str, typer.Option(help="prefork (default) or solo")] = "prefork",
+    hostname: Annotated[str | None, typer.Option(help="Celery node name")] = None,
+) -> None:
+    """Run a worker that claims and runs jobs of the given queues (and sweeps lost jobs)."""
+    from services.common.worker import run_worker
+
+    settings = _settings()
+    _logging(settings.log_level)
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    try:
+        run_worker(
+            settings,
+            names,
+            concurrency=concurrency,
+            pool=pool,
+            hostname=hostname,
+            loglevel=settings.log_level,
+        )
+    except ValueError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (alembic upgrade head)."""
+    from services.common.migrate import current_revision, upgrade
+
+    settings = _settings()
+    try:
+        upgrade(settings.database_url)
+    except Exception as exc:
+        fail(f"migration failed: {exc}")
+    console.print(f"database at revision {current_revision(settings.database_url)}")
+
+
+@app.command()
+def sweep(
+    loop: Annotated[bool, typer.Option(help="keep sweeping every MMDLM_SWEEP_INTERVAL_S")] = False,
+) -> None:
+    """Requeue jobs whose worker vanished and publish due wake-ups (workers also do this themselves)."""
+    from services.common.db import Database
+    from services.common.lifecycle import sweep as run_sweep
+    from services.common.queue import create_celery, publish
+
+    settings = _settings()
+    _logging(settings.log_level)
+    db = Database(settings.database_url)
+    celery = create_celery(settings)
+    while True:
+        result = run_sweep(db, lambda job_id, queue: publish(celery, job_id, queue))
+        console.print(
+            f"requeued {result.requeued}, failed {result.failed}, cancelled {result.cancelled}, "
+            f"dispatched {result.dispatched}"
+        )
+        if not loop:
+            return
+        time.sleep(settings.sweep_interval_s)
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print the effective settings (secrets masked)."""
+    console.print_json(json.dumps(_settings().redacted()))
+
+
+# --- tokens --------------------------------------------------------------------------------------------------
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Option(help="user name (created if new)")],
+    name: Annotated[str, typer.Option(help="label of this token")] = "",
+    ttl_days: Annotated[float | None, typer.Option(help="expire after this many days")] = None,
+) -> None:
+    """Create an API token (printed once on stdout; only its hash is stored)."""
+    from services.common.auth import create_token
+    from services.common.db import Database
+    from services.common.migrate import upgrade
+
+    settings = _settings()
+    if settings.should_auto_migrate:
+        upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    try:
+        with db.begin() as session:
+            created_user, token = create_token(session, user, token_name=name, ttl_days=ttl_days)
+            user_name = created_user.name
+    except ValueError as exc:
+        fail(str(exc))
+    except Exception as exc:
+        fail(f"cannot create the token (is the database migrated? `mmdlm migrate`): {exc}")
+    err.print(f"token for user {user_name!r} (shown once):", highlight=False)
+    typer.echo(token)
+
+
+@token_app.command("revoke")
+def token_revoke(user: Annotated[str, typer.Option(help="revoke every token of this user")]) -> None:
+    from services.common.auth import revoke_tokens
+    from services.common.db import Database
+
+    db = Database(_settings().database_url)
+    with db.begin() as session:
+        count = revoke_tokens(session, user)
+    console.print(f"revoked {count} token(s) of {user!r}")
+
+
+# --- jobs ----------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="YAML/JSON: kind + spec fields (+ priority, max_attempts)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a field: a.b=value")] = None,
+    priority: Annotated[int | None, typer.Option(help="higher runs first in its queue")] = None,
+    max_attempts: Annotated[int | None, typer.Option(help="attempts before the job fails")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow/--no-follow", help="stream progress until it ends")
+    ] = False,
+) -> None:
+    """Submit a job described by a YAML file; prints its id."""
+    from mmdlm.config.base import apply_overrides, load_mapping
+
+    try:
+        body = apply_overrides(load_mapping(file), set_ or [])
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    if priority is not None:
+        body["priority"] = priority
+    if max_attempts is not None:
+        body["max_attempts"] = max_attempts
+    if "kind" not in body:
+        fail(f"{file}: missing `kind` (e.g. kind: prepare-data)")
+    client = _client()
+    job = _call(client.submit, body)
+    typer.echo(job["id"])
+    if follow:
+        _follow(client, job["id"])
+
+
+@app.command()
+def jobs(
+    status: Annotated[list[str] | None, typer.Option(help="filter by status (repeatable)")] = None,
+    kind: Annotated[str | None, typer.Option(help="filter by kind")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """List your jobs, newest first."""
+    page = _call(_client().jobs, status=status, kind=kind, limit=limit)
+    if as_json:
+        console.print_json(json.dumps(page))
+        return
+    table = Table("id", "kind", "status", "progress", "attempt", "created", box=None)
+    for job in page["data"]:
+        table.add_row(
+            job["id"],
+            job["kind"],
+            job["status"],
+            _progress_text(job),
+            f"{job['attempt']}/{job['max_attempts']}",
+            job["created_at"][:19],
+        )
+    console.print(table)
+    console.print(f"{len(page['data'])} of {page['count']} jobs")
+
+
+@app.command()
+def status(
+    job_id: Annotated[str, typer.Argument()], as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Show one job."""
+    job = _call(_client().job, job_id)
+    if as_json:
+        console.print_json(json.dumps(job))
+        return
+    console.print(f"[bold]{job['id']}[/bold]  {job['kind']}  [bold]{job['status']}[/bold]", highlight=False)
+    console.print(
+        f"attempt {job['attempt']}/{job['max_attempts']}, priority {job['priority']}, queue {job['queue']}"
+    )
+    console.print(f"progress: {_progress_text(job)}", highlight=False)
+    if job["error"]:
+        console.print(f"error: {job['error']}", style="red", markup=False)
+    for artifact_id in job["artifacts"]:
+        console.print(f"artifact: {artifact_id}")
+
+
+@app.command()
+def logs(
+    job_id: Annotated[str, typer.Argument()],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep streaming until the job ends")] = False,
+) -> None:
+    """Print a job's log and state changes; with --follow, a progress bar until it ends."""
+    _follow(_client(), job_id, follow=follow)
+
+
+def _follow(client: Any, job_id: str, follow: bool = True) -> None:
+    from services.common.follow import follow_job
+
+    job = _call(follow_job, client, job_id, console, follow=follow)
+    if not follow:
+        return
+    console.print(
+        f"job {job_id} {job['status']}", style="bold green" if job["status"] == "succeeded" else "bold red"
+    )
+    if job["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(job_id: Annotated[str, typer.Argument()]) -> None:
+    """Cancel a job (at once if it waits; within seconds if it runs)."""
+    job = _call(_client().cancel, job_id)
+    state = "cancelled" if job["status"] == "cancelled" else "cancel requested (it stops within seconds)"
+    console.print(f"job {job_id}: {state}")
+
+
+@app.command()
+def kinds() -> None:
+    """The job kinds this deployment accepts."""
+    for kind in _call(_client().kinds):
+        console.print(f"[bold]{kind['name']}[/bold] (queue {kind['queue']}): {kind['description']}")
+
+
+@artifact_app.command("show")
+def artifact_show(artifact_id: Annotated[str, typer.Argument()]) -> None:
+    console.print_json(json.dumps(_call(_client().artifact, artifact_id)))
+
+
+@artifact_app.command("download")
+def artifact_download(
+    artifact_id: Annotated[str, typer.Argument()], dest: Annotated[Path, typer.Argument()]
+) -> None:
+    """Download every file of an artifact into DEST, verifying each sha256."""
+    artifact = _call(_client().download_all, artifact_id, dest)
+    console.print(f"{len(artifact['files'])} files, {artifact['bytes']} bytes -> {dest}")
+
+
+@app.command()
+def demo() -> None:
+    """Start the embedded API and a worker, run the demo jobs, print what they produced."""
+    from services.demo import run_demo
+
+    raise typer.Exit(run_demo(console))
+
+
+def _progress_text(job: dict[str, Any]) -> str:
+    p = job["progress"]
+    if p["step"] is None:
+        return "-"
+    total = f"/{p['total']}" if p["total"] else ""
+    return f"{p['step']}{total} {p['message'] or ''}".strip()
+
+
+# --- entry point ---------------------------------------------------------------------------------------------
+
+PLATFORM_COMMANDS = {
+    "serve", "worker", "migrate", "sweep", "config", "token", "submit", "jobs", "status", "logs", "cancel",
+    "kinds", "artifact", "demo",
+}  # fmt: skip
+
+
+def build_cli(argv: list[str]) -> Any:
+    """The click group: platform commands, plus the ML commands of `mmdlm.cli:app` when the requested
+    command is not a platform one (or help is asked). Platform names win a clash."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first in PLATFORM_COMMANDS:
+        return group
+    try:
+        from mmdlm.cli import app as ml_app  # lazy on purpose: may import torch
+
+        ml = typer.main.get_command(ml_app)
+    except Exception as exc:  # a broken ML CLI must not take the platform commands down
+        if first is not None:
+            fail(f"the ML commands are unavailable ({type(exc).__name__}: {exc})")
+        return group
+    commands = getattr(ml, "commands", None) or {ml.name or "ml": ml}
+    for name, command in commands.items():
+        if name not in group.commands:  # type: ignore[attr-defined]
+            group.add_command(command, name)  # type: ignore[attr-defined]
+    return group
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    try:
+        cli = build_cli(argv)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    try:
+        cli.main(args=argv, prog_name="mmdlm", standalone_mode=True)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""`mmdlm demo` (`make demo`): the main job on the embedded default, end to end, with no server to set up.
+
+It starts the API (uvicorn, a free port) and one worker for all queues as subprocesses, creates a token,
+then runs the demo STEPS in order and stops its subprocesses. Each step is a function of a shared
+`DemoContext` (HTTP client, produced artifact ids, console). Later capabilities extend the demo by
+appending a `DemoStep` to `STEPS`, reading what earlier steps left in `ctx.artifacts` (e.g. the
+`dataset` id) and recording their own outputs there:
+
+    def train_step(ctx: DemoContext) -> None:
+        job = ctx.run_job({"kind": "train", "dataset": ctx.artifacts["dataset"], ...}, title="train")
+        ctx.artifacts["model"] = job["artifacts"][0]
+
+    STEPS.append(DemoStep("train", train_step, "train a tiny MDLM on the dataset"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from services.common.auth import create_token
+from services.common.client import Client, ClientError
+from services.common.db import Database
+from services.common.follow import follow_job
+from services.common.migrate import upgrade
+from services.common.settings import Settings
+
+
+@dataclass
+class DemoContext:
+    client: Client
+    token: str
+    settings: Settings
+    console: Console
+    artifacts: dict[str, str] = field(default_factory=dict)  # role ("dataset", "model", ...) -> id
+    jobs: dict[str, str] = field(default_factory=dict)  # step name -> job id
+
+    def run_job(self, spec: dict[str, Any], *, title: str) -> dict[str, Any]:
+        """Submit, follow with a progress bar, and return the finished job; raise if it did not succeed."""
+        job = self.client.submit(spec)
+        self.jobs[title] = job["id"]
+        self.console.rule(f"[bold]{title}[/bold]  job {job['id']}")
+        done = follow_job(self.client, job["id"], self.console, show_logs=True)
+        if done["status"] != "succeeded":
+            raise DemoFailed(f"{title} job {job['id']} ended {done['status']}: {done.get('error')}")
+        return done
+
+
+@dataclass(frozen=True)
+class DemoStep:
+    name: str
+    run: Callable[[DemoContext], None]
+    description: str
+
+
+class DemoFailed(Exception):
+    pass
+
+
+# --- steps ---------------------------------------------------------------------------------------------------
+
+
+def prepare_data_step(ctx: DemoContext) -> None:
+    spec = {"kind": "prepare-data", "source": "bundled", "tokenizer": "gpt2", "seq_len": 128}
+    job = ctx.run_job(spec, title="prepare-data")
+    dataset_id = job["artifacts"][0]
+    ctx.artifacts["dataset"] = dataset_id
+    artifact = ctx.client.artifact(dataset_id)
+    manifest_bytes = ctx.client.download(dataset_id, "manifest.json")
+    verified = hashlib.sha256(manifest_bytes).hexdigest() == artifact["sha256"]
+    manifest = json.loads(manifest_bytes)
+    meta = artifact["metadata"]
+    table = Table("split", "documents", "tokens", "rows", "shards", title=f"dataset {dataset_id}")
+    for name, split in manifest["splits"].items():
+        table.add_row(
+            name, str(split["documents"]), str(split["tokens"]), str(split["rows"]), str(len(split["shards"]))
+        )
+    ctx.console.print(table)
+    tok = meta["tokenizer"]
+    ctx.console.print(
+        f"tokenizer {tok['name']} (vocab {tok['vocab_size']}), seq_len {meta['seq_len']}, "
+        f"{artifact['bytes'] / 1e6:.1f} MB in {len(artifact['files'])} files",
+        highlight=False,
+    )
+    ctx.console.print(f"manifest sha256 {artifact['sha256']}  [{'green' if verified else 'red'}]"
+                      f"{'verified' if verified else 'MISMATCH'}[/]")  # fmt: skip
+    for f in artifact["files"]:
+        if f["path"].endswith(".npy"):
+            ctx.console.print(
+                f"  {f['path']}  {f['bytes']} bytes  sha256 {f['sha256'][:16]}…", highlight=False
+            )
+    if not verified:
+        raise DemoFailed("the downloaded manifest does not match the artifact checksum")
+
+
+STEPS: list[DemoStep] = [
+    DemoStep("prepare-data", prepare_data_step, "tokenize the bundled English corpus (gpt2, seq_len 128)"),
+]
+
+
+# --- orchestration -------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handle = log.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", *args], stdout=handle, stderr=subprocess.STDOUT, env=env,
+        start_new_session=True,  # its own process group: stopping it stops its children too
+    )  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        # SIGTERM to the leader only: uvicorn and Celery then shut their children down in order.
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_ready(client: Client, procs: list[subprocess.Popen[bytes]], timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise DemoFailed(f"a demo process exited early (code {proc.returncode}); see var/demo/*.log")
+        try:
+            client.request("GET", "/readyz")
+            return
+        except ClientError:
+            time.sleep(0.3)
+    raise DemoFailed(f"the API did not become ready within {timeout_s:.0f}s; see var/demo/api.log")
+
+
+def run_demo(console: Console, steps: list[DemoStep] | None = None, settings: Settings | None = None) -> int:
+    """Run the demo; returns the process exit code (0 = every step succeeded)."""
+    settings = settings or Settings()
+    if not settings.is_sqlite:
+        console.print(
+            f"[yellow]note:[/yellow] using the configured database {settings.redacted()['database_url']}"
+        )
+    upgrade(settings.database_url)
+    with Database(settings.database_url).begin() as session:
+        _, token = create_token(session, "demo", token_name="mmdlm demo")
+    port = _free_port()
+    logs = settings.home / "demo"
+    env = {**os.environ, "MMDLM_HOME": str(settings.home), "MMDLM_API_PORT": str(port),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    console.print(f"[bold]MM-DLM demo[/bold]: embedded API on 127.0.0.1:{port}, files under {settings.home}")
+    procs = [
+        _spawn(["serve", "--host", "127.0.0.1", "--port", str(port)], logs / "api.log", env),
+        _spawn(["worker", "--queues", "encode,train,sample"], logs / "worker.log", env),
+    ]
+    client = Client(f"http://127.0.0.1:{port}", token, timeout_s=60)
+    ctx = DemoContext(client=client, token=token, settings=settings, console=console)
+    started = time.monotonic()
+    try:
+        _wait_ready(client, procs)
+        for step in steps if steps is not None else STEPS:
+            console.print(f"[bold cyan]step {step.name}[/bold cyan]: {step.description}")
+            step.run(ctx)
+    except (DemoFailed, ClientError) as exc:
+        console.print(f"[red]demo failed:[/red] {exc}", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        return 130
+    finally:
+        client.close()
+        for proc in reversed(procs):
+            _stop(proc)
+    console.print(f"[bold green]demo finished[/bold green] in {time.monotonic() - started:.0f}s; "
+                  f"artifacts: {json.dumps(ctx.artifacts)}")  # fmt: skip
+    return 0
