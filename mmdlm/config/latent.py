@@ -13,6 +13,8 @@ from pydantic import Field, field_validator, model_validator
 
 from mmdlm.config.base import StrictModel
 from mmdlm.config.data import BertTokenizerConfig, TokenizerConfig
+from mmdlm.config.diffusion import MDLMProcessConfig
+from mmdlm.config.model import DiTConfig
 
 EncoderName = Literal["minilm", "e5", "bge-m3", "qwen3", "t5", "sonar"]
 LatentMode = Literal["joint", "t2l", "l2t"]
@@ -85,14 +87,12 @@ class GaussianConfig(StrictModel):
     (fixes the SNR ~ 1/D of B7); `sqrt_dim`: multiply unit-norm latents by sqrt(D); `none`: as-built."""
 
 
-class TextProcessConfig(StrictModel):
-    """Masked (absorbing) diffusion on the text stream, spec §2.1."""
+class TextProcessConfig(MDLMProcessConfig):
+    """Masked (absorbing) diffusion on the text stream (spec §2.1): the MDLM process plus the reduction."""
 
-    eps: float = Field(default=1e-4, gt=0.0, lt=0.5)
     loss_weighting: Literal["mdlm_elbo", "tokenmean_masked"] = "mdlm_elbo"
-    """`mdlm_elbo`: 1/t weight on masked positions over non-pad tokens (the ELBO);
+    """`mdlm_elbo`: 1/t weight on masked positions averaged over non-pad tokens (the ELBO);
     `tokenmean_masked`: the as-built mean CE over masked non-pad positions."""
-    low_discrepancy: bool = True
 
 
 class ModeProbs(StrictModel):
@@ -173,30 +173,21 @@ class MMDiTSpec(StrictModel):
     family: Literal["mmdit"] = "mmdit"
     model: MMDiTConfig = Field(default_factory=MMDiTConfig)
     objective: LatentObjectiveConfig = Field(default_factory=LatentObjectiveConfig)
+    encoder: EncoderConfig | None = None
+    """The encoder whose latents the model learns; filled from the latent dataset's manifest before
+    training (a given value must agree with it), and used to encode texts given as conditions."""
+    encoder_role: Literal["passage", "query"] = "passage"
 
 
-class LatentDiTConfig(StrictModel):
-    """MDLM DiT conditioned on a latent (spec §5); `conditioning` picks adaLN or cross-attention."""
+class LatentDiTConfig(DiTConfig):
+    """The MDLM DiT (`DiTConfig`, presets included) plus how a latent conditions it (spec §5)."""
 
-    hidden_size: int = Field(default=256, ge=8)
-    n_blocks: int = Field(default=4, ge=1)
-    n_heads: int = Field(default=4, ge=1)
-    cond_dim: int = Field(default=128, ge=8)
-    max_seq_len: int = Field(default=128, ge=1)
     latent_dim: int = Field(default=384, ge=1)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    time_scale: float = Field(default=1000.0, gt=0.0)
     cross_attention_every: int = Field(default=2, ge=1)
     """cross-dit: blocks with index % cross_attention_every == 0 get cross-attention (as-built: 2, hard-coded)."""
     num_latent_tokens: int = Field(default=1, ge=1)
-    """cross-dit: the latent is projected to this many key/value tokens."""
-
-    @field_validator("hidden_size")
-    @classmethod
-    def _even(cls, value: int) -> int:
-        if value % 2:
-            raise ValueError(f"model.hidden_size must be even, got {value}")
-        return value
+    """cross-dit: the latent is projected to this many key/value tokens (with one, cross-attention can
+    only add a per-sequence bias: softmax over a single key is 1)."""
 
 
 class LatentConditionedObjective(StrictModel):
@@ -206,15 +197,27 @@ class LatentConditionedObjective(StrictModel):
 
 
 class LatentDiTSpec(StrictModel):
+    """Family `latent-dit`: MDLM DiT whose adaLN conditioning adds a latent embedding to the time one."""
+
     family: Literal["latent-dit"] = "latent-dit"
-    model: LatentDiTConfig = Field(default_factory=LatentDiTConfig)
+    model: LatentDiTConfig = Field(default_factory=lambda: LatentDiTConfig.model_validate("cpu-micro"))
     objective: LatentConditionedObjective = Field(default_factory=LatentConditionedObjective)
+    encoder: EncoderConfig | None = None
+    """The encoder whose latents the model learns; filled from the latent dataset's manifest before
+    training (a given value must agree with it), and used to encode texts given as conditions."""
+    encoder_role: Literal["passage", "query"] = "passage"
 
 
 class CrossDiTSpec(StrictModel):
+    """Family `cross-dit`: MDLM DiT that reads latent tokens through cross-attention."""
+
     family: Literal["cross-dit"] = "cross-dit"
-    model: LatentDiTConfig = Field(default_factory=LatentDiTConfig)
+    model: LatentDiTConfig = Field(default_factory=lambda: LatentDiTConfig.model_validate("cpu-micro"))
     objective: LatentConditionedObjective = Field(default_factory=LatentConditionedObjective)
+    encoder: EncoderConfig | None = None
+    """The encoder whose latents the model learns; filled from the latent dataset's manifest before
+    training (a given value must agree with it), and used to encode texts given as conditions."""
+    encoder_role: Literal["passage", "query"] = "passage"
 
 
 class ImageMMDiTConfig(StrictModel):
@@ -279,6 +282,8 @@ class LatentSampleConfig(StrictModel):
     """DDIM stochasticity: 0 deterministic, 1 matches the DDPM posterior variance."""
     guidance_scale: float = Field(default=1.0, ge=0.0)
     """Classifier-free guidance on the generated modality; 1 disables the unconditional call."""
+    clip_x0: float | None = Field(default=None, gt=0.0)
+    """Clamp x0_hat (normalised space) at every latent step; tames epsilon-prediction where abar ~ 0."""
     normalize_latent: bool = False
     """Return x0 re-normalised to unit norm (the encoder targets are unit vectors)."""
     seed: int = 0

@@ -14,11 +14,15 @@ from pydantic import Field, field_validator, model_validator
 
 from mmdlm.config.ar import ARSpec
 from mmdlm.config.base import StrictModel
+from mmdlm.config.latent import CrossDiTSpec, ImageMMDiTSpec, LatentDiTSpec, MMDiTSpec
 from mmdlm.config.model import GIDDSpec, HDLMSpec, MDLMSpec
 
 PLACEHOLDER = "???"
 
-ModelSpec = Annotated[MDLMSpec | GIDDSpec | HDLMSpec | ARSpec, Field(discriminator="family")]
+ModelSpec = Annotated[
+    MDLMSpec | GIDDSpec | HDLMSpec | ARSpec | MMDiTSpec | LatentDiTSpec | CrossDiTSpec | ImageMMDiTSpec,
+    Field(discriminator="family"),
+]
 """The family-tagged network + process spec; `family` picks the class (and `mmdlm.families` the builder)."""
 
 

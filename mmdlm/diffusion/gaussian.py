@@ -43,6 +43,12 @@ class StepOutput:
     pred_x0: Tensor
 
 
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """N(0, I) drawn on the generator's device (a CPU generator works for GPU tensors), then moved."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
 def _expand(values: Tensor, like: Tensor) -> Tensor:
     """(B,) -> (B, 1, ..., 1) broadcastable against `like`, in like's dtype."""
     return values.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
@@ -130,7 +136,7 @@ class GaussianDiffusion:
         self, x0: Tensor, t: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         """(z_t, eps) with eps ~ N(0, I) drawn from `generator`."""
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = _randn(tuple(x0.shape), generator, x0)
         return self.add_noise(x0, t, noise), noise
 
     # ---- parameterisations -----------------------------------------------------------------------------
@@ -238,8 +244,7 @@ class GaussianDiffusion:
         dir_coef = torch.sqrt((1 - a_prev - sigma**2).clamp(min=0))
         prev = a_prev.sqrt().float() * x0 + dir_coef.float() * eps
         if eta > 0 and k_prev >= 0:
-            noise = torch.randn(z_t.shape, generator=generator, device=z_t.device, dtype=z_t.dtype)
-            prev = prev + sigma.float() * noise
+            prev = prev + sigma.float() * _randn(tuple(z_t.shape), generator, z_t)
         return StepOutput(prev_sample=prev, pred_x0=x0)
 
     def ddpm_step(
@@ -267,7 +272,7 @@ class GaussianDiffusion:
         if k_prev < 0:
             return StepOutput(prev_sample=x0, pred_x0=x0)
         var = (1 - a_prev) / (1 - a) * beta
-        noise = torch.randn(z_t.shape, generator=generator, device=z_t.device, dtype=z_t.dtype)
+        noise = _randn(tuple(z_t.shape), generator, z_t)
         return StepOutput(prev_sample=mean + var.sqrt().float() * noise, pred_x0=x0)
 
 

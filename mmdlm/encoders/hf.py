@@ -111,7 +111,8 @@ class HFSentenceEncoder:
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.recipe.name,
-            "model": self.source,
+            "model": self.config.model or self.recipe.model_id,
+            "path": self.source,
             "revision": self.revision,
             "recipe": self.recipe.to_dict(),
             "dim": self.dim,

@@ -77,6 +77,9 @@ _MODULES: dict[str, str] = {
     "gidd": "mmdlm.families.discrete",
     "hdlm": "mmdlm.families.discrete",
     "ar": "mmdlm.families.ar",
+    "mmdit": "mmdlm.families.latent",
+    "latent-dit": "mmdlm.families.latent",
+    "cross-dit": "mmdlm.families.latent",
 }
 
 

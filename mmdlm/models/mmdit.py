@@ -209,7 +209,8 @@ class MMDiT(nn.Module):
 
     Timesteps are floats in [0, 1] (mask fraction / Gaussian time); None means clean (0). A (B, S, D)
     latent with S > 1 is mean-pooled to one embedding. `latent_norm` holds the latent normalisation
-    statistics so a checkpoint carries them (used by the objective and samplers, not by forward).
+    statistics and `length_counts` the training-row length histogram, so a checkpoint carries both (used by
+    the objective and samplers, not by forward).
     """
 
     def __init__(self, config: MMDiTConfig, vocab_size: int, latent_normalization: str = "dataset") -> None:
@@ -232,6 +233,8 @@ class MMDiT(nn.Module):
             nn.init.normal_(layer.weight, std=0.02)
             nn.init.zeros_(layer.bias)
         self.latent_norm = LatentNormalizer(config.latent_dim, latent_normalization)
+        # histogram of training-row lengths (real tokens); samplers draw lengths from it, forward ignores it
+        self.register_buffer("length_counts", torch.zeros(config.max_seq_len + 1))
 
     def _key_mask(
         self,

@@ -82,8 +82,13 @@ class Trainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.amp_dtype = torch.bfloat16 if config.precision == "bf16" else None
 
-        # 1. data
-        self.dataset = TokenDataset.open(config.data.dataset, verify=self.dist.is_main)
+        # 1. data (a family may read its own dataset kind: the latent families open a `latent-dataset`)
+        self.family = get_family(config.model.family)
+        opener = getattr(self.family, "open_dataset", None)
+        if opener is not None:
+            self.dataset = opener(config.model, config.data.dataset, verify=self.dist.is_main)
+        else:
+            self.dataset = TokenDataset.open(config.data.dataset, verify=self.dist.is_main)
         self.vocab = self.dataset.vocab
         max_len = config.model.model.max_seq_len
         if self.dataset.seq_len > max_len:
@@ -94,8 +99,10 @@ class Trainer:
 
         # 2. model + objective: same initial weights on every rank (DDP would broadcast them anyway)
         torch.manual_seed(config.seed)
-        self.family = get_family(config.model.family)
         self.built: Built = self.family.build(config.model, self.vocab)
+        bind = getattr(self.family, "bind_dataset", None)  # e.g. latent statistics into the model
+        if bind is not None:
+            bind(self.built, self.dataset)
         self.raw_model: nn.Module = self.built.model.to(self.device)
         self.objective = self.built.objective
         model: nn.Module = torch.compile(self.raw_model) if config.compile else self.raw_model
@@ -270,6 +277,8 @@ class Trainer:
                 lr = lr_at(step, cfg.optimizer.lr, cfg.steps, cfg.schedule)
                 set_lr(self.optimizer, lr)
                 micro = [next(self.train_loader) for _ in range(cfg.data.grad_accum)]
+                if hasattr(self.objective, "set_step"):  # step-keyed choices, identical on every rank
+                    self.objective.set_step(step)
                 sums = self._train_step(micro)
                 self._unsynced_tokens += sums["tokens"]
                 for key, value in sums.items():
