@@ -113,7 +113,8 @@ class MMDiTObjective:
             step, micro = self._step, self._micro
             self._micro += 1
         self._calls += 1
-        return assign_modes(batch_size, self.probs, self.config.seed, step, micro)
+        self._last_modes = assign_modes(batch_size, self.probs, self.config.seed, step, micro)
+        return self._last_modes
 
     def __call__(
         self, model: nn.Module, batch: Mapping[str, Tensor], generator: torch.Generator | None = None

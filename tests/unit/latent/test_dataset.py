@@ -10,39 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmdlm.config.latent import EncodeConfig, EncoderConfig
+from mmdlm.config.latent import EncoderConfig
 from mmdlm.data.latent import LatentDataset, check_latent_dim, encode_dataset, plan_shards
 from mmdlm.data.loader import BatchLoader
 from mmdlm.data.tokens import TokenDataset
 from mmdlm.encoders import load_encoder
 
-TOPICS = ["river", "castle", "garden", "engine", "violin", "harbor", "desert", "glacier", "market", "forest"]
+from .conftest import CONFIG
 
 
-def _write_corpus(folder: Path) -> None:
-    folder.mkdir(parents=True)
-    for i in range(24):
-        topic = TOPICS[i % len(TOPICS)]
-        text = f"Document {i} is about a {topic}. The {topic} number {i} was described in detail by the writer called w{i * 7}."
-        (folder / f"doc{i:02d}.txt").write_text(text)
-
-
-CONFIG = EncodeConfig(
-    shard_rows=8, seq_len=16, validation_fraction=0.25, encoder=EncoderConfig(batch_size=16)
-)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("latent")
-    _write_corpus(root / "texts")
-    result = encode_dataset(CONFIG, root / "texts", root / "latents")
-    assert result.manifest is not None
-    return root, root / "latents"
-
-
-def test_manifest_records_encoder_and_source(built: tuple[Path, Path]) -> None:
-    _, out = built
+def test_manifest_records_encoder_and_source(latent_dataset: tuple[Path, Path]) -> None:
+    _, out = latent_dataset
     ds = LatentDataset.open(out)
     m = ds.manifest
     assert m.format == "mmdlm.latents/v1" and m.kind == "latent-dataset" and m.dim == 384
@@ -56,8 +34,8 @@ def test_manifest_records_encoder_and_source(built: tuple[Path, Path]) -> None:
     assert ds.vocab == source.vocab and ds.seq_len == 16
 
 
-def test_rows_tokens_texts_and_latents_agree(built: tuple[Path, Path]) -> None:
-    _, out = built
+def test_rows_tokens_texts_and_latents_agree(latent_dataset: tuple[Path, Path]) -> None:
+    _, out = latent_dataset
     ds = LatentDataset.open(out)
     source = TokenDataset.open(out / "source")
     split = ds.split("train")
@@ -77,8 +55,8 @@ def test_rows_tokens_texts_and_latents_agree(built: tuple[Path, Path]) -> None:
     assert set(item) == {"input_ids", "attention_mask", "latent"} and item["latent"].shape == (384,)
 
 
-def test_stats_are_fitted_on_train_only(built: tuple[Path, Path]) -> None:
-    _, out = built
+def test_stats_are_fitted_on_train_only(latent_dataset: tuple[Path, Path]) -> None:
+    _, out = latent_dataset
     ds = LatentDataset.open(out)
     train = ds.split("train").latents().astype(np.float64)
     mean, std = ds.stats()
@@ -90,8 +68,8 @@ def test_stats_are_fitted_on_train_only(built: tuple[Path, Path]) -> None:
     assert ds.manifest.normalization.stats.count == len(train)
 
 
-def test_no_validation_leakage(built: tuple[Path, Path]) -> None:
-    _, out = built
+def test_no_validation_leakage(latent_dataset: tuple[Path, Path]) -> None:
+    _, out = latent_dataset
     ds = LatentDataset.open(out)
     train, val = set(ds.split("train").texts()), set(ds.split("validation").texts())
     assert train and val and not train & val
@@ -102,8 +80,10 @@ def test_no_validation_leakage(built: tuple[Path, Path]) -> None:
     assert val_docs and not train_docs & val_docs
 
 
-def test_checksums_detect_corruption_and_rerun_repairs(built: tuple[Path, Path], tmp_path: Path) -> None:
-    root, out = built
+def test_checksums_detect_corruption_and_rerun_repairs(
+    latent_dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, out = latent_dataset
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     target = copy / "train" / "shard-00000.latents.npy"
@@ -117,8 +97,10 @@ def test_checksums_detect_corruption_and_rerun_repairs(built: tuple[Path, Path],
     LatentDataset.open(copy)
 
 
-def test_shard_workers_skip_done_shards_and_match_one_pass(built: tuple[Path, Path], tmp_path: Path) -> None:
-    root, out = built
+def test_shard_workers_skip_done_shards_and_match_one_pass(
+    latent_dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, out = latent_dataset
     source = out / "source"
     plan = plan_shards({"train": len(LatentDataset.open(out).split("train")), "validation": 6}, 8)
     assert [p.row_start for p in plan if p.split == "train"][:2] == [0, 8]
@@ -137,16 +119,16 @@ def test_shard_workers_skip_done_shards_and_match_one_pass(built: tuple[Path, Pa
         encode_dataset(CONFIG, source, workers, shard_range=(0, total + 5))
 
 
-def test_job_with_other_config_refused(built: tuple[Path, Path], tmp_path: Path) -> None:
-    root, out = built
+def test_job_with_other_config_refused(latent_dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    root, out = latent_dataset
     encode_dataset(CONFIG, out / "source", tmp_path / "job", shard_range=(0, 1))
     other = CONFIG.model_copy(update={"encoder": EncoderConfig(precision="bf16")})
     with pytest.raises(ValueError, match="different source or config"):
         encode_dataset(other, out / "source", tmp_path / "job", shard_range=(0, 1))
 
 
-def test_ddp_sharded_batches_are_disjoint(built: tuple[Path, Path]) -> None:
-    _, out = built
+def test_ddp_sharded_batches_are_disjoint(latent_dataset: tuple[Path, Path]) -> None:
+    _, out = latent_dataset
     split = LatentDataset.open(out).split("train")
     loaders = [BatchLoader(split, 4, rank=r, world_size=2, seed=3) for r in range(2)]
     seen = [set(), set()]
@@ -160,16 +142,16 @@ def test_ddp_sharded_batches_are_disjoint(built: tuple[Path, Path]) -> None:
     assert len(seen[0] | seen[1]) == len(loaders[0]) * 8
 
 
-def test_latent_dim_mismatch_names_both_dims_and_encoder(built: tuple[Path, Path]) -> None:
-    _, out = built
+def test_latent_dim_mismatch_names_both_dims_and_encoder(latent_dataset: tuple[Path, Path]) -> None:
+    _, out = latent_dataset
     ds = LatentDataset.open(out)
     with pytest.raises(ValueError, match=r"model\.latent_dim=1024 .* dimension 384 \(encoder 'minilm'"):
         check_latent_dim(1024, ds, "mmdit")
     check_latent_dim(384, ds, "mmdit")
 
 
-def test_open_refuses_token_dataset(built: tuple[Path, Path]) -> None:
-    _, out = built
+def test_open_refuses_token_dataset(latent_dataset: tuple[Path, Path]) -> None:
+    _, out = latent_dataset
     with pytest.raises(ValueError, match="not a latent dataset"):
         LatentDataset.open(out / "source")
     record = json.loads((out / "train" / "shard-00000.json").read_text())
