@@ -167,12 +167,3 @@ class TrainConfig(StrictModel):
     @classmethod
     def _none_string(cls, value: object) -> object:
         return None if isinstance(value, str) and value.lower() in {"none", "null", ""} else value
-
-    @model_validator(mode="after")
-    def _check_schedule(self) -> TrainConfig:
-        if self.schedule.kind != "constant" and self.schedule.warmup_steps >= self.steps:
-            raise ValueError(
-                f"schedule.warmup_steps ({self.schedule.warmup_steps}) must be smaller than steps ({self.steps}) "
-                "for a decaying schedule; lower warmup_steps or use schedule.kind=constant"
-            )
-        return self
