@@ -183,7 +183,8 @@ class GIDDProcess(DiscreteProcess):
         q_s = ss["alpha"].item() * x_hat[..., :N].to(dtype)
         q_s = q_s + ss["bp_other"].item()
         q_s[..., m] += ss["bp_mask"].item() - ss["bp_other"].item()
-        lik = torch.where(zt == m, bp_ts_mask, bp_ts_other).to(dtype).clamp(min=0.0)[..., None]  # (B, L, 1)
+        lik_values = torch.tensor([bp_ts_other, bp_ts_mask], dtype=dtype, device=zt.device).clamp(min=0.0)
+        lik = lik_values[(zt == m).long()][..., None]  # bp_{t|s}(z_t), (B, L, 1)
         post = lik * q_s
         post.scatter_add_(-1, zt[..., None], a_ts * q_s.gather(-1, zt[..., None]))
         return post / post.sum(dim=-1, keepdim=True)

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor
 
-from mmdlm.config.model import GIDDSpec, MDLMSpec
+from mmdlm.config.model import GIDDSpec, HDLMSpec, MDLMSpec
 from mmdlm.config.sample import SampleConfig
 from mmdlm.diffusion.base import DiscreteProcess, VocabLayout, VocabLike
 from mmdlm.diffusion.objective import DiffusionObjective
@@ -97,4 +97,44 @@ class GIDDFamily(DiscreteFamily[GIDDSpec]):
         return GIDDProcess(VocabLayout.from_vocab(vocab), spec.process), {}
 
 
-FAMILIES: dict[str, DiscreteFamily[Any]] = {"mdlm": MDLMFamily(), "gidd": GIDDFamily()}
+class HDLMFamily(DiscreteFamily[HDLMSpec]):
+    """HDLM. The cluster artifact at `spec.clusters` must match the vocabulary (size, and the tokenizer
+    fingerprint when `vocab` carries a `tokenizer_fingerprint` attribute).
+
+    To rebuild a saved model for loading weights, point `clusters` at the model folder's `clusters/` and set
+    `embed_init="random"` (the weights are overwritten anyway, and the source checkpoint may be gone).
+    """
+
+    name = "hdlm"
+    spec_type = HDLMSpec
+
+    def _process(self, spec: HDLMSpec, vocab: VocabLike) -> tuple[DiscreteProcess, dict[str, Any]]:
+        from mmdlm.clusters import Clusters
+        from mmdlm.diffusion.hierarchical import HierarchicalProcess
+
+        clusters = Clusters.load(
+            spec.clusters,
+            vocab_size=int(vocab.vocab_size),
+            fingerprint=getattr(vocab, "tokenizer_fingerprint", None),
+        )
+        layout = VocabLayout.from_vocab(vocab, clusters.num_clusters)
+        process = HierarchicalProcess(layout, spec.process, torch.from_numpy(clusters.cluster_map))
+        return process, {"clusters": clusters}
+
+    def _model(self, spec: HDLMSpec, process: DiscreteProcess, extras: dict[str, Any]) -> DiT:
+        from mmdlm.clusters import embeddings_from_checkpoint, init_embeddings_from_clusters
+
+        model = DiT(spec.model, process.layout.rows, cluster_head=spec.process.auxiliary_loss_weight > 0)
+        if spec.embed_init == "centroids":
+            clusters = extras["clusters"]
+            source = clusters.manifest.get("source", {})
+            tokens = None
+            if source.get("kind") == "checkpoint":
+                tokens = embeddings_from_checkpoint(
+                    source["path"], process.layout.vocab_size, source["tensor"]
+                )
+            init_embeddings_from_clusters(model.embed.weight, clusters, process.layout.vocab_size, tokens)
+        return model
+
+
+FAMILIES: dict[str, DiscreteFamily[Any]] = {"mdlm": MDLMFamily(), "gidd": GIDDFamily(), "hdlm": HDLMFamily()}

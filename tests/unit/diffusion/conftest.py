@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 
 @dataclass(frozen=True)
@@ -19,3 +20,12 @@ class Vocab:
 @pytest.fixture
 def vocab() -> Vocab:
     return Vocab()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; on a shared 2-core machine two threads spin and stall."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
