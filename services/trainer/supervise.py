@@ -212,10 +212,11 @@ def failure_message(torchrun: Torchrun, logs: RankLogTail, returncode: int, line
     if errors:
         first = min(errors, key=lambda e: e.get("time", 0.0))
         trace = [line for line in str(first.get("traceback", "")).strip().splitlines() if line.strip()]
-        head = f"rank {first['rank']} failed: {first['type']}: {first['message']}"
-        if len(errors) > 1:
-            head += f" (ranks that failed: {sorted(e['rank'] for e in errors)})"
-        return head + ("\n" + "\n".join(trace[-lines:]) if trace else "")
+        text = [f"rank {first['rank']} failed: {first['type']}: {first['message']}", *trace[-lines:]]
+        others = sorted(e["rank"] for e in errors if e is not first)
+        if others:
+            text.append(f"(ranks {others} failed after it)")
+        return "\n".join(text)
     summary = "\n".join(torchrun.launcher_stderr)
     cause = summary.split("Root Cause", 1)[-1] if "Root Cause" in summary else ""
     m = _ROOT_CAUSE.search(cause)
