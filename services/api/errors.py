@@ -37,7 +37,7 @@ def field_path(loc: Sequence[Any], body: Any) -> str:
             if item in node:
                 node = node[item]
                 parts.append(str(item))
-            elif item in (node.get("kind"), node.get("type")):
+            elif item in (node.get("kind"), node.get("type"), node.get("family")):
                 continue  # a discriminator tag, not a field
             else:
                 parts.append(str(item))
@@ -55,7 +55,10 @@ def _message(error: dict[str, Any], known_kinds: Sequence[str]) -> tuple[str, st
     kind = error.get("type", "")
     msg = str(error.get("msg", "invalid"))
     if kind == "union_tag_invalid":
-        tag = (error.get("ctx") or {}).get("tag")
+        ctx = error.get("ctx") or {}
+        tag, discriminator = ctx.get("tag"), str(ctx.get("discriminator", "'kind'")).strip("'")
+        if discriminator != "kind":  # a nested union, e.g. model.family: the field is loc + discriminator
+            return f"+{discriminator}", f"unknown {discriminator} {tag!r}; expected one of {ctx.get('expected_tags')}"
         return "kind", f"unknown job kind {tag!r}; expected one of {', '.join(known_kinds)}"
     if kind == "union_tag_not_found":
         field = (error.get("ctx") or {}).get("discriminator", "kind").strip("'")
@@ -73,6 +76,8 @@ def validation_response(
     items = []
     for error in errors:
         field, message = _message(error, known_kinds)
+        if field.startswith("+"):  # relative to the error's location
+            field = f"{field_path(error.get('loc', ()), body)}.{field[1:]}"
         field = field or field_path(error.get("loc", ()), body)
         items.append({"field": field, "message": message, "type": error.get("type", "")})
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in items)

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from mmdlm.training.debug import prepare_debug_dataset
 from services.common import artifacts, lifecycle
+from services.common.auth import get_or_create_user
 from services.common.lifecycle import Lease
-from services.common.models import Job, JobStatus, User, utcnow
+from services.common.models import Job, JobStatus, utcnow
 from tests.utils.harness import Platform
 
 TRAIN_ENV = {"MMDLM_TRAIN_OMP_THREADS": "1", "MMDLM_TRAIN_SYNC_INTERVAL_S": "0.3"}
@@ -36,7 +36,7 @@ def publish_local_artifact(platform: Platform, folder: Path, *, kind: str, user:
     """Register `folder` as an artifact of `user`, produced by a finished stand-in job (as a real
     prepare-data job would leave it: every byte stored and verified, then the row)."""
     with platform.db.begin() as s:
-        owner = s.execute(select(User).where(User.name == user)).scalar_one()
+        owner = get_or_create_user(s, user)
         now = utcnow()
         job = Job(
             owner_id=owner.id, kind="prepare-data", queue="encode", spec={"kind": "prepare-data"},

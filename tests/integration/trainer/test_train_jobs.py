@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mmdlm.pipeline import load_pretrained
+from services.common.client import ApiError
 from tests.integration.trainer.conftest import TRAIN_ENV, publish_local_artifact, train_spec, wait_for
 from tests.utils.harness import Backend, Platform
 
@@ -58,3 +59,44 @@ def test_train_streams_metrics_then_publishes_a_loadable_model(
     markers = sorted(k for k in keys if "/index/" in k)
     assert 1 <= len(markers) <= 3  # keep_last 2 + the best
     assert markers[-1].endswith("step-00000040.json")
+
+
+def test_specs_that_cannot_run_are_refused_with_the_field(
+    make_backend, platform_factory, tiny_dataset: Path
+) -> None:
+    p: Platform = platform_factory(
+        make_backend("embedded"), workers_queues=[], env={"MMDLM_TRAIN_MAX_PROCS": "4"}
+    )
+    dataset = publish_local_artifact(p, tiny_dataset, kind="dataset")
+    not_a_dataset = publish_local_artifact(p, tiny_dataset / "tokenizer", kind="model")
+    foreign = publish_local_artifact(p, tiny_dataset, kind="dataset", user="mallory")
+    hdlm = {"family": "hdlm", "model": "cpu-nano"}
+    cases = {
+        "dataset": [train_spec("0" * 32), train_spec(foreign), train_spec(not_a_dataset)],
+        "nproc_per_node": [train_spec(dataset, nproc_per_node=8)],
+        "nnodes": [train_spec(dataset, nnodes=2)],
+        "model.family": [train_spec(dataset, model={"family": "nope"})],
+        "model": [train_spec(dataset, model={"family": "image-mmdit"})],
+        "model.clusters": [
+            train_spec(dataset, model=hdlm),
+            train_spec(dataset, model={**hdlm, "clusters": dataset}),
+        ],
+        "steps": [train_spec(dataset, steps=0)],
+    }
+    for field, specs in cases.items():
+        for spec in specs:
+            with pytest.raises(ApiError) as info:
+                p.client.submit(spec)
+            assert info.value.status == 422, (field, info.value.detail)
+            fields = [e["field"] for e in info.value.body["errors"]]
+            assert field in fields, (field, info.value.detail)
+    latent = train_spec(dataset, model={"family": "latent-dit"})
+    with pytest.raises(ApiError) as info:
+        p.client.submit(latent)
+    assert (
+        "expected 'latent-dataset'" in info.value.detail
+        and info.value.body["errors"][0]["field"] == "dataset"
+    )
+    kinds = {k["name"]: k for k in p.client.kinds()}
+    assert "nproc_per_node <= 4" in kinds["train"]["description"]
+    assert p.client.jobs(kind="train")["count"] == 0
