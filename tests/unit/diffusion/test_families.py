@@ -56,7 +56,6 @@ def test_registry_exposes_three_families() -> None:
 
 @pytest.mark.parametrize("family", ["mdlm", "gidd", "hdlm"])
 def test_build_train_step_and_bound(family: str, clusters_dir: str) -> None:
-    """bug 1: HDLM builds from its config (the original constructor rejected the kwargs it was given)."""
     built = get_family(family).build(spec(family, clusters_dir if family == "hdlm" else None), Vocab())
     assert isinstance(built, Built) and {"process", "layout", "spec"} <= set(built.extras)
     assert built.extras["layout"].rows == 128
@@ -82,6 +81,19 @@ def test_objective_under_bf16_autocast(family: str, clusters_dir: str) -> None:
         out = built.objective(built.model, batch(), torch.Generator().manual_seed(0))
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     out.loss.backward()
+
+
+def test_bug1_hdlm_builds_and_samples_from_its_config(clusters_dir: str) -> None:
+    """The original HDLM process constructor rejected the kwargs it was given: no HDLM run could start."""
+    from mmdlm.config.sample import SampleConfig
+
+    family = get_family("hdlm")
+    built = family.build(HDLMSpec.model_validate(spec("hdlm", clusters_dir, gamma=2.0, xi=0.8)), Vocab())
+    process = built.extras["process"]
+    assert (process.gamma, process.xi, process.C) == (2.0, 0.8, 4)
+    assert built.objective(built.model, batch(), torch.Generator().manual_seed(0)).loss.isfinite()
+    out = family.generate(built, SampleConfig(num_samples=2, seq_len=8, steps=4))
+    assert ((out.tokens > 0) & (out.tokens < 49)).all()
 
 
 def test_bug7_hdlm_has_no_parameter_without_gradient(clusters_dir: str) -> None:

@@ -165,7 +165,7 @@ def test_bug5_mask_id_need_not_be_last() -> None:
 # ----- loss -----
 
 
-def test_segment_logsumexp_matches_dense_membership() -> None:
+def test_bug25_segment_logsumexp_matches_dense_membership() -> None:
     """bug 25: the cluster sums never build a (positions x V) membership tensor; same values as doing so."""
     torch.manual_seed(0)
     values = torch.randn(3, 5, 12)
@@ -352,8 +352,9 @@ def test_step_probabilities_match_move_rates() -> None:
 
 
 @pytest.mark.parametrize("xi", [1.0, 0.8])
-def test_reverse_step_with_perfect_denoiser_preserves_marginals(xi: float) -> None:
-    """z_t ~ q_t(.|x), one step with x̂ = delta_x gives z_s ~ q_s(.|x): the step is the exact posterior."""
+def test_bug12_hdlm_step_is_exact_posterior(xi: float) -> None:
+    """z_t ~ q_t(.|x), one step with x̂ = delta_x gives z_s ~ q_s(.|x): the step is the exact posterior (the
+    original's "gidd" parameterisation was not a distribution, and its default moved one level per step)."""
     g = torch.Generator().manual_seed(6)
     proc = hdlm(xi=xi)
     n = 200_000
@@ -369,7 +370,7 @@ def test_reverse_step_with_perfect_denoiser_preserves_marginals(xi: float) -> No
     assert torch.equal(zs[zt == 4], zt[zt == 4])  # real tokens never change
 
 
-def test_reverse_step_final_and_min_p() -> None:
+def test_bug13_hdlm_sampling_options_act_on_probabilities() -> None:
     """bug 13: sampling options act on probabilities (the original's min_p path was dead code)."""
     g = torch.Generator().manual_seed(7)
     proc = hdlm()

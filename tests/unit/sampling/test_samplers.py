@@ -15,7 +15,7 @@ from .conftest import build
 FAMILIES = ["mdlm", "gidd", "hdlm"]
 
 
-def test_time_grid_includes_top_point_and_ends_at_zero() -> None:
+def test_bug12_time_grid_includes_top_point_and_ends_at_zero() -> None:
     grid = time_grid(4, 1e-4)
     assert grid[0] == 1 - 1e-4 and grid[-1] == 0.0 and len(grid) == 5
     assert all(a > b for a, b in zip(grid, grid[1:], strict=False))
@@ -44,6 +44,20 @@ def test_cached_equals_uncached_for_time_independent_denoiser(family: str, clust
     cached = fam.generate(built, base.model_copy(update={"cached": True}))
     assert torch.equal(plain.tokens, cached.tokens)
     assert plain.nfe == 200 and cached.nfe < 0.5 * plain.nfe
+
+
+def test_clean_up_replaces_non_text_ids_outside_fixed_positions(clusters_dir: str) -> None:
+    built = build("hdlm", clusters_dir)
+    sampler = AncestralSampler(built.model, built.extras["process"], steps=1)
+    z = torch.randint(3, 59, (2, 10), generator=torch.Generator().manual_seed(0))
+    z[0, 2], z[1, 5], z[1, 7] = 59, 61, 0  # [MASK], a cluster id, [PAD]
+    fixed = torch.zeros(2, 10, dtype=torch.bool)
+    fixed[1, 7] = True
+    cleaned, calls = sampler.clean_up(z, fixed)
+    assert calls == 1 and cleaned[1, 7] == 0
+    assert torch.equal(cleaned[0, :2], z[0, :2]) and 0 < cleaned[0, 2] < 59 and 0 < cleaned[1, 5] < 59
+    again, calls_again = sampler.clean_up(cleaned, fixed)
+    assert calls_again == 0 and torch.equal(again, cleaned)  # nothing left to clean: no network call
 
 
 def test_cached_sampler_skips_only_unchanged_inputs(clusters_dir: str) -> None:
