@@ -27,8 +27,9 @@ class DiffusionObjective:
         self.process = process
 
     def _forward(
-        self, model: nn.Module, x0: Tensor, mask: Tensor, t: Tensor, generator: torch.Generator | None
+        self, model: nn.Module, x0: Tensor, mask: Tensor | None, t: Tensor, generator: torch.Generator | None
     ) -> TokenLoss:
+        """One draw of z_t and the network call; `mask` None means no padding (fastest attention kernel)."""
         zt = self.process.sample_zt(x0, t, generator)
         if self.process.uses_cluster_logits:
             logits, cluster_logits = model(zt, t, mask, with_cluster_logits=True)
@@ -38,9 +39,9 @@ class DiffusionObjective:
     def __call__(
         self, model: nn.Module, batch: Mapping[str, Tensor], generator: torch.Generator | None = None
     ) -> LossOutput:
-        x0, mask = _unpack(batch)
+        x0, mask, given = _unpack(batch)
         t = self.process.sample_times(x0.shape[0], generator, x0.device)
-        terms = self._forward(model, x0, mask, t, generator)
+        terms = self._forward(model, x0, given, t, generator)
         count = mask.sum()
         denom = count.clamp(min=1)
 
@@ -70,24 +71,29 @@ class DiffusionObjective:
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        x0, mask = _unpack(batch)
+        x0, mask, given = _unpack(batch)
         B = x0.shape[0]
         eps = self.process.t_eps
         u = uniform((B,), generator, x0.device, torch.float64)
         total = torch.zeros(B, dtype=torch.float64, device=x0.device)
         for k in range(num_samples):
             t = (eps + (1 - 2 * eps) * (k + u) / num_samples).float()
-            terms = self._forward(model, x0, mask, t, generator)
+            terms = self._forward(model, x0, given, t, generator)
             total += torch.where(mask, terms.elbo.double(), 0.0).sum(dim=-1)
         return total / num_samples, mask.sum(dim=-1).long()
 
 
-def _unpack(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+def _unpack(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+    """input_ids (B, L), the (B, L) bool mask of scored tokens, and the mask as given (None if absent)."""
     if "input_ids" not in batch:
         raise KeyError("batch must hold 'input_ids' (B, L) int64")
     x0 = batch["input_ids"].long()
-    mask = batch.get("attention_mask")
-    mask = torch.ones_like(x0, dtype=torch.bool) if mask is None else mask.bool()
-    if mask.shape != x0.shape:
-        raise ValueError(f"attention_mask shape {tuple(mask.shape)} differs from input_ids {tuple(x0.shape)}")
-    return x0, mask
+    given = batch.get("attention_mask")
+    if given is not None:
+        given = given.bool()
+        if given.shape != x0.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(given.shape)} differs from input_ids {tuple(x0.shape)}"
+            )
+    mask = torch.ones_like(x0, dtype=torch.bool) if given is None else given
+    return x0, mask, given

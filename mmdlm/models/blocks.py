@@ -97,16 +97,15 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def key_padding_mask(attention_mask: Tensor | None) -> Tensor | None:
-    """(B, L) bool (True = real token) -> (B, 1, 1, L) bool for SDPA, or None when nothing is padded.
+    """(B, L) bool (True = real token) -> (B, 1, 1, L) bool for SDPA (None stays None).
 
     Queries at padding positions still attend to the real keys (their outputs are never scored), and a row
-    with no real key at all attends everywhere, so no softmax row is empty (no NaN).
+    with no real key at all attends everywhere, so no softmax row is empty (no NaN). No host sync: callers
+    that know nothing is padded should pass None to get the fastest SDPA kernel.
     """
     if attention_mask is None:
         return None
     mask = attention_mask.bool()
-    if bool(mask.all()):
-        return None
     mask = mask | ~mask.any(dim=-1, keepdim=True)
     return mask[:, None, None, :]
 
