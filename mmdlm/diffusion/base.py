@@ -160,14 +160,21 @@ def sample_categorical(probs: Tensor, generator: torch.Generator | None) -> Tens
     if bool((total <= 0).any()) or not bool(torch.isfinite(total).all()):
         raise ValueError("sample_categorical: every row needs a positive, finite total probability")
     u = uniform(tuple(probs.shape[:-1]) + (1,), generator, probs.device, probs.dtype) * total
-    idx = torch.searchsorted(cdf, u, right=True)
-    # u * total < total, so idx < K up to rounding; never land on a trailing zero-mass entry.
-    last_positive = (probs > 0).long().cumsum(-1).argmax(dim=-1, keepdim=True)
-    return torch.minimum(idx, last_positive).squeeze(-1)
+    idx = torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1)
+    # u * total < total, so only rounding can land past the last entry with mass: step back to it
+    stray = probs.gather(-1, idx) <= 0
+    if bool(stray.any()):
+        last_positive = (probs > 0).long().cumsum(-1).argmax(dim=-1, keepdim=True)
+        idx = torch.where(stray, last_positive, idx)
+    return idx.squeeze(-1)
 
 
 def denoiser_probs(logits: Tensor, allowed: Tensor, options: SamplingOptions | None = None) -> Tensor:
     """x̂: the denoiser's distribution over allowed ids, after temperature, top-p and min-p.
+
+    The softmax runs in float32 (its relative precision is enough for any probability); the result is cast to
+    options.dtype before it is renormalised, so the sampling arithmetic downstream (posterior, cumulative sums)
+    runs in float64 when asked, where float32 would lose tokens below ~1e-7 of the mass.
 
     Args:
         logits: (..., V_r) network output.
@@ -176,10 +183,11 @@ def denoiser_probs(logits: Tensor, allowed: Tensor, options: SamplingOptions | N
         (..., V_r) probabilities in options.dtype, zero outside `allowed`.
     """
     options = options or SamplingOptions()
-    x = logits.to(options.dtype).masked_fill(~allowed, float("-inf"))
+    x = logits.float().masked_fill(~allowed, float("-inf"))
     if options.temperature == 0:
-        return torch.zeros_like(x).scatter_(-1, x.argmax(dim=-1, keepdim=True), 1.0)
-    probs = torch.softmax(x / options.temperature, dim=-1)
+        onehot = torch.zeros(x.shape, dtype=options.dtype, device=x.device)
+        return onehot.scatter_(-1, x.argmax(dim=-1, keepdim=True), 1.0)
+    probs = torch.softmax(x if options.temperature == 1 else x / options.temperature, dim=-1)
     if options.min_p > 0:
         top = probs.amax(dim=-1, keepdim=True)
         probs = probs.masked_fill(probs < options.min_p * top, 0.0)
@@ -189,6 +197,7 @@ def denoiser_probs(logits: Tensor, allowed: Tensor, options: SamplingOptions | N
         keep_sorted = before < options.top_p  # always keeps the top entry
         keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
         probs = probs * keep
+    probs = probs.to(options.dtype)
     return probs / probs.sum(dim=-1, keepdim=True)
 
 

@@ -168,25 +168,35 @@ class GIDDProcess(DiscreteProcess):
 
     # ----- reverse step -----
 
+    def _posterior_weights(self, x_hat: Tensor, zt: Tensor, t: float, s: float) -> Tensor:
+        """Unnormalised q(z_s | z_t, x̂) over the first N ids, (B, L, N) in x_hat's dtype (see `posterior`)."""
+        N, m, dtype = self.N, self.layout.mask_id, x_hat.dtype
+        st = self.schedule(torch.tensor([[t]], dtype=torch.float64))
+        ss = self.schedule(torch.tensor([[s]], dtype=torch.float64))
+        a_ts = (st["alpha"] / ss["alpha"]).item()
+        a_s, bpm_s, bpo_s = (ss[k].item() for k in ("alpha", "bp_mask", "bp_other"))
+        bp_ts_mask = max(st["bp_mask"].item() - a_ts * bpm_s, 0.0)
+        bp_ts_other = max(st["bp_other"].item() - a_ts * bpo_s, 0.0)
+        is_m = zt == m
+        lik_values = torch.tensor([bp_ts_other, bp_ts_mask], dtype=dtype, device=zt.device)
+        lik = lik_values[is_m.long()][..., None]  # bp_{t|s}(z_t), (B, L, 1)
+        x = x_hat[..., :N]
+        # lik * q_s(v), q_s(v) = a_s x̂_v + bp_s(v), built in place on one (B, L, N) buffer
+        post = x * (lik * a_s)
+        post += lik * bpo_s
+        post[..., m] += lik[..., 0] * (bpm_s - bpo_s)
+        bp_s_zt = torch.tensor([bpo_s, bpm_s], dtype=dtype, device=zt.device)[is_m.long()]
+        q_s_zt = a_s * x.gather(-1, zt[..., None]).squeeze(-1) + bp_s_zt
+        post.scatter_add_(-1, zt[..., None], (a_ts * q_s_zt)[..., None])
+        return post
+
     def posterior(self, x_hat: Tensor, zt: Tensor, t: float, s: float) -> Tensor:
         """q(z_s | z_t, x̂) over the first N ids: (B, L, N) in x_hat's dtype, rows sum to 1.
 
         q(z_s = v | z_t) ∝ (alpha_{t|s} [v = z_t] + bp_{t|s}(z_t)) q_s(v | x̂),
         alpha_{t|s} = alpha_t / alpha_s,  bp_{t|s} = bp_t - alpha_{t|s} bp_s.
         """
-        N, m, dtype = self.N, self.layout.mask_id, x_hat.dtype
-        st = self.schedule(torch.tensor([[t]], dtype=torch.float64))
-        ss = self.schedule(torch.tensor([[s]], dtype=torch.float64))
-        a_ts = (st["alpha"] / ss["alpha"]).item()
-        bp_ts_mask = (st["bp_mask"] - a_ts * ss["bp_mask"]).item()
-        bp_ts_other = (st["bp_other"] - a_ts * ss["bp_other"]).item()
-        q_s = ss["alpha"].item() * x_hat[..., :N].to(dtype)
-        q_s = q_s + ss["bp_other"].item()
-        q_s[..., m] += ss["bp_mask"].item() - ss["bp_other"].item()
-        lik_values = torch.tensor([bp_ts_other, bp_ts_mask], dtype=dtype, device=zt.device).clamp(min=0.0)
-        lik = lik_values[(zt == m).long()][..., None]  # bp_{t|s}(z_t), (B, L, 1)
-        post = lik * q_s
-        post.scatter_add_(-1, zt[..., None], a_ts * q_s.gather(-1, zt[..., None]))
+        post = self._posterior_weights(x_hat, zt, t, s)
         return post / post.sum(dim=-1, keepdim=True)
 
     def reverse_step(
@@ -202,7 +212,7 @@ class GIDDProcess(DiscreteProcess):
         grid ending at 0 returns clean text (the original's last step was an identity, spec §11 bug 12)."""
         options = options or SamplingOptions()
         x_hat = denoiser_probs(logits, self.text_mask(logits.device), options)
-        return sample_categorical(self.posterior(x_hat, zt, t, s), generator)
+        return sample_categorical(self._posterior_weights(x_hat, zt, t, s), generator)
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "p_uniform": self.config.p_uniform, "gamma": self.gamma}
