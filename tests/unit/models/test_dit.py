@@ -78,6 +78,21 @@ def test_zero_init_gives_zero_logits_and_identity_blocks() -> None:
     torch.testing.assert_close(out, h)
 
 
+def test_bug26_time_scale_spreads_time_features() -> None:
+    """With raw t in [0, 1] most of the 256 sinusoidal features barely move between t = 0.1 and t = 0.9;
+    `time_scale` (e.g. 1000) makes them informative. The default stays 1.0, as in the spec."""
+    from mmdlm.models.blocks import sinusoidal_embedding
+
+    t = torch.tensor([0.1, 0.9])
+    raw = sinusoidal_embedding(t, 256)
+    scaled = sinusoidal_embedding(t * 1000, 256)
+    moving_raw = ((raw[0] - raw[1]).abs() > 0.05).sum().item()
+    moving_scaled = ((scaled[0] - scaled[1]).abs() > 0.05).sum().item()
+    assert moving_raw < 80 < moving_scaled
+    model = DiT(DiTConfig.model_validate({"preset": "cpu-nano", "time_scale": 1000.0}), 64)
+    assert model.time_embed.time_scale == 1000.0
+
+
 def test_rotary_rotates_queries_and_keys_only() -> None:
     torch.manual_seed(0)
     attn = SelfAttention(32, 2)

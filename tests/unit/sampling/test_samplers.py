@@ -183,3 +183,11 @@ def test_self_correction_through_generate(clusters_dir: str) -> None:
     plain = fam.generate(built, base)
     corrected = fam.generate(built, base.model_copy(update={"self_correction_steps": 10}))
     assert corrected.nfe > plain.nfe and corrected.nfe <= plain.nfe + 10
+
+
+def test_bug6_self_correction_accepts_hdlm(clusters_dir: str) -> None:
+    """The original self-correction script crashed on HDLM's (logits, cluster_logits) tuple output."""
+    built = build("hdlm", clusters_dir, auxiliary_loss_weight=0.5)
+    z = torch.randint(3, 59, (2, 12), generator=torch.Generator().manual_seed(1))
+    result = self_correct(built.model, built.extras["process"], z, steps=5, generator=torch.Generator())
+    assert result.tokens.shape == (2, 12) and ((result.tokens > 0) & (result.tokens < 59)).all()
