@@ -16,7 +16,7 @@ from fastapi import FastAPI
 import mmdlm
 from services.api import errors
 from services.api.observability import MetricsMiddleware
-from services.api.routes import artifacts, events, health, jobs
+from services.api.routes import artifacts, events, health, job_priority, jobs
 from services.api.routes import kinds as kinds_routes
 from services.api.schemas import job_create_type
 from services.api.state import AppState
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.include_router(health.router)
     app.include_router(jobs.build_router(kinds, job_create_type(kinds)))
+    app.include_router(job_priority.router)
     app.include_router(events.router)
     app.include_router(artifacts.router)
     app.include_router(kinds_routes.router)

@@ -88,6 +88,10 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/jobs/{job_id}/cancel")
 
+    def set_priority(self, job_id: str, priority: int) -> dict[str, Any]:
+        """Reprioritize a waiting job (HTTP 409 once it runs)."""
+        return self.request("PATCH", f"/v1/jobs/{job_id}", json={"priority": priority})
+
     def metrics(self, job_id: str, names: list[str] | None = None) -> dict[str, Any]:
         return self.request("GET", f"/v1/jobs/{job_id}/metrics", params={"name": names or []})
 
