@@ -159,7 +159,13 @@ def _claimable(now: datetime) -> Any:
 
 
 def claim_next(
-    db: Database, queue: str, worker: str, ttl_s: float, now: datetime | None = None
+    db: Database,
+    queue: str,
+    worker: str,
+    ttl_s: float,
+    now: datetime | None = None,
+    *,
+    max_running_per_owner: int = 0,
 ) -> ClaimedJob | None:
     """Atomically take the best claimable job of `queue` for `worker`; None if there is none.
 
@@ -174,6 +180,16 @@ def claim_next(
         .order_by(Job.priority.desc(), Job.created_at, Job.id)
         .limit(1)
     )
+    if max_running_per_owner > 0:
+        # Skip the jobs of owners already running their share of this queue (checked at claim time:
+        # two claims racing for one owner may exceed it by one).
+        busy = (
+            select(Job.owner_id)
+            .where(Job.queue == queue, Job.status == JobStatus.running.value, Job.lease_expires_at >= now)
+            .group_by(Job.owner_id)
+            .having(func.count() >= max_running_per_owner)
+        )
+        candidate = candidate.where(Job.owner_id.not_in(busy))
     if db.dialect == "postgresql":
         candidate = candidate.with_for_update(skip_locked=True)
     stmt = (
@@ -219,6 +235,17 @@ def _fenced(lease: Lease) -> Any:
         Job.attempt == lease.attempt,
         Job.status == JobStatus.running.value,
     )
+
+
+def redispatch_owner(db: Database, owner_id: int, queue: str) -> int:
+    """A job of `owner_id` ended: its waiting jobs skipped by the per-user limit get new wake-ups (the
+    sweeper publishes them). Returns how many."""
+    with db.begin() as s:
+        return s.execute(
+            update(Job)
+            .where(Job.owner_id == owner_id, Job.queue == queue, Job.status.in_(WAITING))
+            .values(enqueued_at=None)
+        ).rowcount
 
 
 def heartbeat(

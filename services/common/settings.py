@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=60.0, gt=0, description="a silent worker loses its job after this")
     heartbeat_interval_s: float = Field(default=0.5, gt=0, description="lease renewal + flush + cancel poll")
     sweep_interval_s: float = Field(default=2.0, gt=0)
+    max_running_per_user: int = Field(
+        default=0, ge=0, description="running jobs per user and queue (0 = no limit); the rest wait"
+    )
     default_max_attempts: int = Field(default=3, ge=1, le=100)
     retry_backoff_s: float = Field(default=10.0, ge=0)
     retry_backoff_max_s: float = Field(default=600.0, ge=0)

@@ -68,7 +68,8 @@ def handle_wakeup(runtime: WorkerRuntime, app: Celery, job_id: str) -> str:
         logger.warning("wake-up for unknown job %s dropped", job_id)
         return "dropped: unknown job"
     owner = f"{runtime.name}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    claim = lifecycle.claim_next(db, queue, owner, runtime.settings.lease_ttl_s)
+    limit = runtime.settings.max_running_per_user  # running jobs per user and queue; 0 = no limit
+    claim = lifecycle.claim_next(db, queue, owner, runtime.settings.lease_ttl_s, max_running_per_owner=limit)
     if claim is None:
         logger.info(
             "wake-up for %s: nothing claimable in queue %s (running elsewhere or finished)", job_id, queue
@@ -81,7 +82,9 @@ def handle_wakeup(runtime: WorkerRuntime, app: Celery, job_id: str) -> str:
         store=runtime.store,
         kill_on_stuck_cancel=runtime.in_pool_child,
     )
-    if status is lifecycle.JobStatus.retrying:
+    if limit and status is not None:  # a slot of this owner is free: wake its waiting jobs
+        lifecycle.redispatch_owner(db, claim.owner_id, claim.queue)
+    if status is lifecycle.JobStatus.retrying or limit:
         # Publish the retry's wake-up as soon as it is due, without waiting for the next sweep.
         _sweep_once(runtime, app)
     return f"ran {claim.id}: {status}"
