@@ -1,0 +1,1 @@
+"""Shared test helpers: real servers started on free ports, the platform harness, test job kinds."""
