@@ -107,6 +107,30 @@ def serve(
     )
 
 
+@app.command("serve-sampler")
+def serve_sampler(
+    host: Annotated[str | None, typer.Option(help="default MMDLM_SAMPLER_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="default MMDLM_SAMPLER_PORT")] = None,
+) -> None:
+    """Run the sampler service: generation, OpenAI-compatible completions, embeddings (one process)."""
+    import uvicorn
+
+    from services.sampler.settings import SamplerSettings
+
+    settings = _settings()
+    _logging(settings.log_level)
+    config = SamplerSettings()
+    uvicorn.run(
+        "services.sampler.app:create_app",
+        factory=True,
+        host=host or config.host,
+        port=config.port if port is None else port,
+        workers=1,  # the model cache and the request batcher live in this one process
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
 @app.command()
 def worker(
     queues: Annotated[str, typer.Option(help="comma-separated: encode,train,sample")] = "encode,train,sample",
@@ -160,7 +184,11 @@ def sweep(
     db = Database(settings.database_url)
     celery = create_celery(settings)
     while True:
-        result = run_sweep(db, lambda job_id, queue: publish(celery, job_id, queue))
+        result = run_sweep(
+            db,
+            lambda job_id, queue: publish(celery, job_id, queue),
+            redispatch_after_s=settings.redispatch_after_s,
+        )
         console.print(
             f"requeued {result.requeued}, failed {result.failed}, cancelled {result.cancelled}, "
             f"dispatched {result.dispatched}"
@@ -366,7 +394,7 @@ def _progress_text(job: dict[str, Any]) -> str:
 # --- entry point ---------------------------------------------------------------------------------------------
 
 PLATFORM_COMMANDS = {
-    "serve", "worker", "migrate", "sweep", "config", "token", "submit", "jobs", "status", "logs", "cancel",
+    "serve", "serve-sampler", "worker", "migrate", "sweep", "config", "token", "submit", "jobs", "status", "logs", "cancel",
     "kinds", "artifact", "demo",
 }  # fmt: skip
 

@@ -124,6 +124,10 @@ def create_job(
         max_attempts=max_attempts,
         cancel_requested=False,
         available_at=now,
+        # Counted as dispatched from the start: the caller publishes right after the commit and clears
+        # this if that fails. (Marking it after the publish would lock the row just when a worker
+        # tries to claim it.)
+        enqueued_at=now,
         created_at=now,
         updated_at=now,
     )
@@ -133,15 +137,10 @@ def create_job(
     return job
 
 
-def mark_enqueued(db: Database, job_id: str) -> bool:
-    """Record that a wake-up was published, so the sweeper does not publish another one."""
+def clear_enqueued(db: Database, job_id: str) -> None:
+    """The wake-up of a new job could not be published: let the sweeper publish it."""
     with db.begin() as s:
-        result = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.enqueued_at.is_(None), Job.status.in_(WAITING))
-            .values(enqueued_at=utcnow())
-        )
-    return result.rowcount == 1
+        s.execute(update(Job).where(Job.id == job_id, Job.status.in_(WAITING)).values(enqueued_at=None))
 
 
 # --- claim and heartbeat ------------------------------------------------------------------------------------
@@ -156,6 +155,15 @@ def _claimable(now: datetime) -> Any:
         Job.cancel_requested.is_(False),
     )
     return or_(waiting, abandoned)
+
+
+def has_claimable(db: Database, queue: str, now: datetime | None = None) -> bool:
+    """Is any job of `queue` claimable? (A plain read: no row locks taken.)"""
+    with db.session() as s:
+        return (
+            s.execute(select(Job.id).where(Job.queue == queue, _claimable(now or utcnow())).limit(1)).first()
+            is not None
+        )
 
 
 def claim_next(
@@ -457,12 +465,23 @@ class SweepResult:
     dispatched: int = 0
 
 
-DISPATCH_GRACE_S = 2.0  # the API publishes a new job's wake-up itself; the sweeper only backs it up
 Publish = Callable[[str, str], None]  # (job_id, queue) -> publish a wake-up; raises if the broker is down
 
 
-def sweep(db: Database, publish: Publish, *, now: datetime | None = None, batch: int = 200) -> SweepResult:
+def sweep(
+    db: Database,
+    publish: Publish,
+    *,
+    now: datetime | None = None,
+    redispatch_after_s: float = 300.0,
+    batch: int = 200,
+) -> SweepResult:
     """Recover jobs whose worker vanished and publish wake-ups for due jobs that have none.
+
+    Wake-ups are published for waiting jobs that are due and either have none (a retry after its
+    backoff, a job whose first publish failed) or had one more than `redispatch_after_s` ago without
+    being claimed (its message may have died with a worker: Redis restores it only after its
+    visibility timeout and the SQL broker never does). A spare wake-up is harmless.
 
     Safe to run from every worker at once: each change is a conditional UPDATE, so a job is requeued
     (and its wake-up published) by exactly one sweeper.
@@ -479,21 +498,21 @@ def sweep(db: Database, publish: Publish, *, now: datetime | None = None, batch:
         ).all()
     for job in expired:
         _expire_one(db, job, now, result)
-    fresh_before = now - timedelta(seconds=DISPATCH_GRACE_S)
-    due_now = or_(
-        and_(Job.status == JobStatus.retrying.value, Job.available_at <= now),
-        # a new job's wake-up is being published by the API right now: do not race it
-        and_(Job.status == JobStatus.queued.value, Job.available_at <= fresh_before),
-    )
+    stale = now - timedelta(seconds=redispatch_after_s)
     with db.session() as s:
         due = s.execute(
-            select(Job.id, Job.queue)
-            .where(Job.enqueued_at.is_(None), due_now)
+            select(Job.id, Job.queue, Job.enqueued_at)
+            .where(
+                Job.status.in_(WAITING),
+                Job.available_at <= now,
+                Job.cancel_requested.is_(False),
+                or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale),
+            )
             .order_by(Job.priority.desc(), Job.created_at)
             .limit(batch)
         ).all()
     for job in due:
-        if _dispatch_one(db, job.id, job.queue, publish):
+        if _dispatch_one(db, job.id, job.queue, job.enqueued_at, now, publish):
             result.dispatched += 1
     return result
 
@@ -537,12 +556,13 @@ def _expire_one(db: Database, job: Any, now: datetime, result: SweepResult) -> N
         result.cancelled += 1
 
 
-def _dispatch_one(db: Database, job_id: str, queue: str, publish: Publish) -> bool:
+def _dispatch_one(
+    db: Database, job_id: str, queue: str, seen: datetime | None, now: datetime, publish: Publish
+) -> bool:
+    unchanged = Job.enqueued_at.is_(None) if seen is None else Job.enqueued_at == seen
     with db.begin() as s:
         taken = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.enqueued_at.is_(None), Job.status.in_(WAITING))
-            .values(enqueued_at=utcnow())
+            update(Job).where(Job.id == job_id, unchanged, Job.status.in_(WAITING)).values(enqueued_at=now)
         ).rowcount
     if taken != 1:
         return False
@@ -550,7 +570,6 @@ def _dispatch_one(db: Database, job_id: str, queue: str, publish: Publish) -> bo
         publish(job_id, queue)
     except Exception as exc:
         logger.warning("job %s: could not publish a wake-up to %s (%s); will retry", job_id, queue, exc)
-        with db.begin() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None))
+        clear_enqueued(db, job_id)
         return False
     return True

@@ -47,6 +47,9 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_timeout=5,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        # A pool process that died (OOM-kill, or ended by a stuck cancel) is replaced after this wait
+        # for its result; Celery's default of 10 s only delays the next job.
+        worker_lost_wait=2.0,
         task_send_sent_event=False,
         enable_utc=True,
     )

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=60.0, gt=0, description="a silent worker loses its job after this")
     heartbeat_interval_s: float = Field(default=0.5, gt=0, description="lease renewal + flush + cancel poll")
     sweep_interval_s: float = Field(default=2.0, gt=0)
+    redispatch_after_s: float = Field(
+        default=300.0, gt=0, description="re-publish a wake-up for a job still waiting after this"
+    )
     max_running_per_user: int = Field(
         default=0, ge=0, description="running jobs per user and queue (0 = no limit); the rest wait"
     )
@@ -83,6 +86,10 @@ class Settings(BaseSettings):
     token_cache_s: float = Field(default=5.0, ge=0, description="auth lookups cached this long")
     sse_poll_s: float = Field(default=0.25, gt=0)
     log_level: str = "INFO"
+
+    # --- sampler service (services/sampler; its own settings are MMDLM_SAMPLER_* in services/sampler) -----
+    sampler_url: str = Field(default="http://127.0.0.1:8001", description="where the gateway finds the sampler")
+    sampler_timeout_s: float = Field(default=600.0, gt=0, description="gateway -> sampler request timeout")
 
     # --- CLI client -----------------------------------------------------------------------------------
     api_url: str = "http://127.0.0.1:8000"

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ from services.common.settings import Settings
 from services.common.store import ObjectStore, StoreError, open_store
 
 logger = logging.getLogger(__name__)
+
+CLAIM_TRIES = 20
+CLAIM_RETRY_S = 0.05
 
 
 @dataclass
@@ -69,7 +73,16 @@ def handle_wakeup(runtime: WorkerRuntime, app: Celery, job_id: str) -> str:
         return "dropped: unknown job"
     owner = f"{runtime.name}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     limit = runtime.settings.max_running_per_user  # running jobs per user and queue; 0 = no limit
-    claim = lifecycle.claim_next(db, queue, owner, runtime.settings.lease_ttl_s, max_running_per_owner=limit)
+    claim = None
+    for _ in range(CLAIM_TRIES):
+        claim = lifecycle.claim_next(
+            db, queue, owner, runtime.settings.lease_ttl_s, max_running_per_owner=limit
+        )
+        # Nothing claimed although a job waits: its row was locked for a moment (a cancel, a sweep,
+        # another claimer on PostgreSQL's SKIP LOCKED). Look again rather than drop the wake-up.
+        if claim is not None or not lifecycle.has_claimable(db, queue):
+            break
+        time.sleep(CLAIM_RETRY_S)
     if claim is None:
         logger.info(
             "wake-up for %s: nothing claimable in queue %s (running elsewhere or finished)", job_id, queue
@@ -91,7 +104,11 @@ def handle_wakeup(runtime: WorkerRuntime, app: Celery, job_id: str) -> str:
 
 
 def _sweep_once(runtime: WorkerRuntime, app: Celery) -> lifecycle.SweepResult:
-    return lifecycle.sweep(runtime.db, lambda job_id, queue: publish(app, job_id, queue))
+    return lifecycle.sweep(
+        runtime.db,
+        lambda job_id, queue: publish(app, job_id, queue),
+        redispatch_after_s=runtime.settings.redispatch_after_s,
+    )
 
 
 class Sweeper:

@@ -23,9 +23,9 @@ PREPARE_DATA = register(
         spec=PrepareDataSpec,
         queue="encode",
         runner="services.encoder.prepare:run",
-        # prepare_dataset raises these for bad input (empty source, bad JSONL, missing folder):
+        # prepare_dataset raises these for bad input (empty source, bad JSONL, missing folder or corpus package):
         # trying again cannot help.
-        permanent_errors=(ValueError, FileNotFoundError, NotADirectoryError),
+        permanent_errors=(ValueError, FileNotFoundError, NotADirectoryError, ModuleNotFoundError),
         description="Tokenize a corpus into a `dataset` artifact (token shards + tokenizer + manifest).",
     )
 )

@@ -50,8 +50,7 @@ def build_router(kinds: dict[str, JobKind], job_create: Any) -> APIRouter:
         except Exception as exc:
             # The row is the truth: the sweeper publishes the wake-up once the broker is back.
             logger.warning("job %s stored but its wake-up could not be published: %s", job.id, exc)
-        else:
-            lifecycle.mark_enqueued(state.db, job.id)
+            lifecycle.clear_enqueued(state.db, job.id)
         return JobPublic.of(job)
 
     @router.get("", response_model=JobsPublic)

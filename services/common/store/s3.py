@@ -175,6 +175,7 @@ class S3Store(ObjectStore):
 
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         validate_key(key)
+        self._ensure_bucket()
         response = self._call(f"downloading {key}", lambda: self._client.get_object(self.bucket, key))
         try:
             stream = response.stream(chunk_size)
@@ -189,6 +190,7 @@ class S3Store(ObjectStore):
 
     def stat(self, key: str) -> ObjectInfo | None:
         validate_key(key)
+        self._ensure_bucket()
         try:
             obj = self._call(f"reading {key}", lambda: self._client.stat_object(self.bucket, key))
         except ObjectNotFoundError:
@@ -198,6 +200,7 @@ class S3Store(ObjectStore):
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         validate_prefix(prefix)
+        self._ensure_bucket()
         objects = self._call(
             f"listing {prefix or '/'}",
             lambda: list(self._client.list_objects(self.bucket, prefix=prefix or None, recursive=True)),
