@@ -157,13 +157,33 @@ def _claimable(now: datetime) -> Any:
     return or_(waiting, abandoned)
 
 
-def has_claimable(db: Database, queue: str, now: datetime | None = None) -> bool:
+def _candidates(queue: str, now: datetime, max_running_per_owner: int) -> Any:
+    """Claimable jobs of `queue`, best first (highest priority, then oldest)."""
+    candidate = (
+        select(Job.id)
+        .where(Job.queue == queue, _claimable(now))
+        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+    )
+    if max_running_per_owner > 0:
+        # Skip the jobs of owners already running their share of this queue (checked at claim time:
+        # two claims racing for one owner may exceed it by one).
+        busy = (
+            select(Job.owner_id)
+            .where(Job.queue == queue, Job.status == JobStatus.running.value, Job.lease_expires_at >= now)
+            .group_by(Job.owner_id)
+            .having(func.count() >= max_running_per_owner)
+        )
+        candidate = candidate.where(Job.owner_id.not_in(busy))
+    return candidate
+
+
+def has_claimable(
+    db: Database, queue: str, now: datetime | None = None, *, max_running_per_owner: int = 0
+) -> bool:
     """Is any job of `queue` claimable? (A plain read: no row locks taken.)"""
     with db.session() as s:
-        return (
-            s.execute(select(Job.id).where(Job.queue == queue, _claimable(now or utcnow())).limit(1)).first()
-            is not None
-        )
+        query = _candidates(queue, now or utcnow(), max_running_per_owner).limit(1)
+        return s.execute(query).first() is not None
 
 
 def claim_next(
@@ -182,22 +202,7 @@ def claim_next(
     on PostgreSQL the candidate row is locked with SKIP LOCKED so concurrent claimers take different jobs.
     """
     now = now or utcnow()
-    candidate = (
-        select(Job.id)
-        .where(Job.queue == queue, _claimable(now))
-        .order_by(Job.priority.desc(), Job.created_at, Job.id)
-        .limit(1)
-    )
-    if max_running_per_owner > 0:
-        # Skip the jobs of owners already running their share of this queue (checked at claim time:
-        # two claims racing for one owner may exceed it by one).
-        busy = (
-            select(Job.owner_id)
-            .where(Job.queue == queue, Job.status == JobStatus.running.value, Job.lease_expires_at >= now)
-            .group_by(Job.owner_id)
-            .having(func.count() >= max_running_per_owner)
-        )
-        candidate = candidate.where(Job.owner_id.not_in(busy))
+    candidate = _candidates(queue, now, max_running_per_owner).limit(1)
     if db.dialect == "postgresql":
         candidate = candidate.with_for_update(skip_locked=True)
     stmt = (

@@ -80,7 +80,7 @@ def handle_wakeup(runtime: WorkerRuntime, app: Celery, job_id: str) -> str:
         )
         # Nothing claimed although a job waits: its row was locked for a moment (a cancel, a sweep,
         # another claimer on PostgreSQL's SKIP LOCKED). Look again rather than drop the wake-up.
-        if claim is not None or not lifecycle.has_claimable(db, queue):
+        if claim is not None or not lifecycle.has_claimable(db, queue, max_running_per_owner=limit):
             break
         time.sleep(CLAIM_RETRY_S)
     if claim is None:
