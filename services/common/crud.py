@@ -17,6 +17,19 @@ def get_job(session: Session, job_id: str, owner_id: int) -> Job | None:
     return session.execute(select(Job).where(Job.id == job_id, Job.owner_id == owner_id)).scalar_one_or_none()
 
 
+def get_job_with_artifacts(session: Session, job_id: str, owner_id: int) -> tuple[Job, list[str]] | None:
+    """The job and the ids of the artifacts it produced, in ONE query (the status hot path)."""
+    rows = session.execute(
+        select(Job, Artifact.id)
+        .outerjoin(Artifact, Artifact.producer_job_id == Job.id)
+        .where(Job.id == job_id, Job.owner_id == owner_id)
+        .order_by(Artifact.created_at)
+    ).all()
+    if not rows:
+        return None
+    return rows[0][0], [artifact_id for _, artifact_id in rows if artifact_id is not None]
+
+
 def list_jobs(
     session: Session,
     owner_id: int,

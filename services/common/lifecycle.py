@@ -29,7 +29,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from services.common.db import Database
-from services.common.models import WAITING, Job, JobEvent, JobStatus, utcnow
+from services.common.models import WAITING, Job, JobEvent, JobStatus, new_id, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ def create_job(
     """Insert a queued job (and its first event) in the caller's transaction; enqueue after commit."""
     now = utcnow()
     job = Job(
+        id=new_id(),  # known now, so the job and its first event go out in one flush at commit
         owner_id=owner_id,
         kind=kind,
         queue=queue,
@@ -132,7 +133,6 @@ def create_job(
         updated_at=now,
     )
     session.add(job)
-    session.flush()
     _state_event(session, job.id, JobStatus.queued.value, now)
     return job
 

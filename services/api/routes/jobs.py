@@ -28,11 +28,16 @@ logger = logging.getLogger(__name__)
 NOT_FOUND = "job not found"
 
 
+def _json(model: JobPublic, status_code: int = 200) -> Response:
+    """Serialize once with pydantic (the hot paths skip FastAPI's re-validation of the response)."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
 def build_router(kinds: dict[str, JobKind], job_create: Any) -> APIRouter:
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
     @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
-    def submit_job(body: Annotated[job_create, Body()], user: CurrentUser, state: StateDep) -> JobPublic:  # type: ignore[valid-type]
+    def submit_job(body: Annotated[job_create, Body()], user: CurrentUser, state: StateDep) -> Response:  # type: ignore[valid-type]
         """Validate the spec, store a queued job, then publish its wake-up (after the commit)."""
         spec_data, options = split_options(body)
         kind = kinds[spec_data["kind"]]
@@ -51,7 +56,7 @@ def build_router(kinds: dict[str, JobKind], job_create: Any) -> APIRouter:
             # The row is the truth: the sweeper publishes the wake-up once the broker is back.
             logger.warning("job %s stored but its wake-up could not be published: %s", job.id, exc)
             lifecycle.clear_enqueued(state.db, job.id)
-        return JobPublic.of(job)
+        return _json(JobPublic.of(job), status.HTTP_201_CREATED)
 
     @router.get("", response_model=JobsPublic)
     def list_jobs(
@@ -72,11 +77,12 @@ def build_router(kinds: dict[str, JobKind], job_create: Any) -> APIRouter:
         )
 
     @router.get("/{job_id}", response_model=JobPublic)
-    def get_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobPublic:
-        job = crud.get_job(session, job_id, user.id)
-        if job is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
-        return JobPublic.of(job, crud.job_artifact_ids(session, [job.id]).get(job.id))
+    def get_job(job_id: str, user: CurrentUser, state: StateDep) -> Response:
+        with state.db.session() as session:
+            found = crud.get_job_with_artifacts(session, job_id, user.id)
+            if found is None:
+                raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
+            return _json(JobPublic.of(*found))
 
     @router.post("/{job_id}/cancel", response_model=JobPublic)
     def cancel_job(job_id: str, user: CurrentUser, state: StateDep, response: Response) -> JobPublic:
