@@ -58,7 +58,10 @@ def _message(error: dict[str, Any], known_kinds: Sequence[str]) -> tuple[str, st
         ctx = error.get("ctx") or {}
         tag, discriminator = ctx.get("tag"), str(ctx.get("discriminator", "'kind'")).strip("'")
         if discriminator != "kind":  # a nested union, e.g. model.family: the field is loc + discriminator
-            return f"+{discriminator}", f"unknown {discriminator} {tag!r}; expected one of {ctx.get('expected_tags')}"
+            return (
+                f"+{discriminator}",
+                f"unknown {discriminator} {tag!r}; expected one of {ctx.get('expected_tags')}",
+            )
         return "kind", f"unknown job kind {tag!r}; expected one of {', '.join(known_kinds)}"
     if kind == "union_tag_not_found":
         field = (error.get("ctx") or {}).get("discriminator", "kind").strip("'")
