@@ -1,4 +1,4 @@
-"""The ML commands as a typer app: `train`, `sample`, `eval`, `clusters`.
+"""The ML commands as a typer app: `train`, `sample`, `eval`, `clusters`, `encode`.
 
 `services/cli.py` mounts `app` into the `mmdlm` console script; without it, `python -m mmdlm.cli ...`
 runs the same commands. Bad configs and arguments end with a one-line-per-problem message and exit
@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from mmdlm.cli.clusters import clusters
+from mmdlm.cli.encode import encode
 from mmdlm.cli.eval import eval_command
 from mmdlm.cli.sample import sample
 from mmdlm.cli.train import train
@@ -25,5 +26,6 @@ app.command("train")(train)
 app.command("sample")(sample)
 app.command("eval")(eval_command)
 app.command("clusters")(clusters)
+app.command("encode")(encode)
 
 __all__ = ["app"]

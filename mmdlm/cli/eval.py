@@ -53,6 +53,12 @@ def eval_command(
     config: Annotated[Path | None, typer.Option("--config", help="EvalConfig YAML/JSON file")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override an EvalConfig field")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the full report (JSON) here")] = None,
+    sts: Annotated[
+        str | None, typer.Option(help="Latent families: STS pairs file (.tsv/.csv/.jsonl) or 'stsb'")
+    ] = None,
+    latent: Annotated[
+        bool, typer.Option(help="Latent families: t2l cosine and l2t round trip against baselines")
+    ] = True,
 ) -> None:
     """Evaluate a model; every number is printed with its protocol and written as JSON with --out."""
     setup_logging()
@@ -68,6 +74,7 @@ def eval_command(
         "precision": precision,
         "seed": seed,
         "device": device,
+        "latent.sts": sts,
     }
     if generative:
         options.update(
@@ -82,6 +89,8 @@ def eval_command(
     cfg = run_guarded(lambda: _build_config(options, config, set_ or []))
     if not generative:
         cfg = cfg.model_copy(update={"generative": None})
+    if not latent:
+        cfg = cfg.model_copy(update={"latent": None})
     if cfg.dataset is None and cfg.generative is None:
         fail("nothing to evaluate: give --data DATASET_DIR and/or keep --generative")
 

@@ -34,6 +34,16 @@ def sample(
     seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines {text, ids}")] = False,
+    mode: Annotated[
+        str | None, typer.Option(help="Latent families: l2t, t2l or joint (default joint / l2t)")
+    ] = None,
+    text: Annotated[
+        list[str] | None, typer.Option(help="Latent families: condition text (t2l; l2t encodes it first)")
+    ] = None,
+    latent: Annotated[Path | None, typer.Option(help="Latent families: .npy (N, D) latents for l2t")] = None,
+    guidance_scale: Annotated[float, typer.Option(help="Latent families: classifier-free guidance")] = 1.0,
+    latent_steps: Annotated[int, typer.Option(help="Latent families: DDIM steps for the latent")] = 50,
+    save_latents: Annotated[Path | None, typer.Option(help="Latent families: write latents (.npy)")] = None,
 ) -> None:
     """Generate samples from a trained model."""
     from mmdlm.config.sample import SampleConfig
@@ -62,7 +72,27 @@ def sample(
         pipe = load_pretrained(model_dir, device=resolve_device(device))
         return pipe.generate(config, prompt=prompt, precision=precision)
 
-    out = run_guarded(generate)
+    latent_options = (mode, text, latent, save_latents)
+    if any(o is not None for o in latent_options) or _family(model_dir) in ("mmdit", "latent-dit", "cross-dit"):
+        from mmdlm.cli.latent import sample_latent
+        from mmdlm.eval.evaluate import resolve_device
+        from mmdlm.pipeline import load_pretrained
+
+        pipe = run_guarded(lambda: load_pretrained(model_dir, device=resolve_device(device)))
+        sample_latent(
+            pipe, mode=mode, num_samples=num_samples, steps=steps, seq_len=seq_len, temperature=temperature,
+            seed=seed, texts=text, latent_file=latent, guidance_scale=guidance_scale, latent_steps=latent_steps,
+            save_latents=save_latents, as_json=as_json,
+        )  # fmt: skip
+        return
+        out = run_guarded(generate)
     for text, ids in zip(out.texts, out.ids.tolist(), strict=True):
         typer.echo(json.dumps({"text": text, "ids": ids}) if as_json else f"{text}\n---")
     typer.echo(f"{len(out.texts)} samples, {out.nfe} network calls, {out.elapsed_s:.2f}s", err=True)
+
+
+def _family(model_dir: Path) -> str | None:
+    try:
+        return json.loads((model_dir / "config.json").read_text()).get("family")
+    except (OSError, ValueError):
+        return None

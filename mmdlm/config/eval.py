@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from mmdlm.config.base import StrictModel
+from mmdlm.config.latent import LatentEvalConfig
 from mmdlm.config.sample import SampleConfig
 
 
@@ -52,3 +53,5 @@ class EvalConfig(StrictModel):
     nll: bool = True
     generative: GenerativeEvalConfig | None = Field(default_factory=GenerativeEvalConfig)
     """None skips sampling and generative perplexity."""
+    latent: LatentEvalConfig | None = Field(default_factory=LatentEvalConfig)
+    """Latent metrics (t2l cosine, l2t round trip, STS) for the latent families; ignored by the others."""

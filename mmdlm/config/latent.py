@@ -57,7 +57,7 @@ class EncodeConfig(StrictModel):
     shard_rows: int = Field(default=4096, ge=1)
     """Rows per latent shard: the unit of work a worker encodes, verifies and can skip when done."""
     max_rows: int | None = Field(default=None, ge=1)
-    """Cap per split (first rows in order), for quick runs."""
+    """Cap per split: this many rows spread evenly over the split (source order), for quick runs."""
     # text-folder sources only (a `dataset` source brings its own tokenizer, seq_len and split)
     tokenizer: TokenizerConfig = Field(default_factory=BertTokenizerConfig)
     seq_len: int = Field(default=128, ge=8)
@@ -287,3 +287,20 @@ class LatentSampleConfig(StrictModel):
     normalize_latent: bool = False
     """Return x0 re-normalised to unit norm (the encoder targets are unit vectors)."""
     seed: int = 0
+
+
+class LatentEvalConfig(StrictModel):
+    """Latent metrics `mmdlm eval` adds for the latent families (see `mmdlm.eval.latent`)."""
+
+    t2l_rows: int | None = Field(default=256, ge=1)
+    """Held-out rows for the t2l cosine (0 rows skips it; None = the whole split)."""
+    round_trip_rows: int | None = Field(default=64, ge=1)
+    """Held-out rows for the l2t round trip (mmdit / latent-dit / cross-dit)."""
+    t2l: bool = True
+    round_trip: bool = True
+    sts: str | None = None
+    """STS pairs: `stsb` (STS-B test via `datasets`, needs internet or a cache) or a local
+    .tsv/.csv/.jsonl with sentence1, sentence2, score."""
+    sts_max_pairs: int | None = Field(default=None, ge=3)
+    sample: LatentSampleConfig = Field(default_factory=LatentSampleConfig)
+    """Sampler settings for both directions (its `mode` is set per metric)."""

@@ -101,7 +101,8 @@ class LatentManifest(_Record):
     dtype: Literal["float32"] = "float32"
     normalization: LatentNormalization
     unit: Literal["row"] = "row"
-    source: dict[str, Any]
+    source: dict[str, Any] = Field(description="the corpus, as the source dataset's manifest describes it")
+    source_dataset: dict[str, Any] = Field(default_factory=dict, description="the `dataset` encoded: format, path, sha256")
     tokenizer: TokenizerInfo
     special_tokens: SpecialTokens
     seq_len: int
@@ -223,7 +224,7 @@ class LatentDataset:
             "encoder": {k: self.manifest.encoder.get(k) for k in ("name", "model", "revision", "dim")},
             "role": self.manifest.role,
             "seq_len": self.seq_len,
-            "source": self.manifest.source.get("source"),
+            "source": self.manifest.source,
         }
 
     def __repr__(self) -> str:
@@ -359,8 +360,8 @@ def encode_dataset(
     out.mkdir(parents=True, exist_ok=True)
     source_path = _resolve_source(config, Path(source_dir), out)
     source = TokenDataset.open(source_path, verify=True)
-    split_rows = {name: _capped(len(source.split(name)), config.max_rows) for name in ("train", "validation")}
-    plan = plan_shards(split_rows, config.shard_rows)
+    chosen = {name: select_rows(len(source.split(name)), config.max_rows) for name in ("train", "validation")}
+    plan = plan_shards({name: len(rows) for name, rows in chosen.items()}, config.shard_rows)
     fingerprint = _job_fingerprint(config, source_path)
     _claim_job(out, fingerprint)
     _copy_tokenizer(source_path / source.manifest.tokenizer.dir, out / "tokenizer")
@@ -385,7 +386,8 @@ def encode_dataset(
         done = 0
         report(0, total_rows, "encoding")
         for shard in todo:
-            _encode_shard(out, shard, source.split(shard.split), tokenizer, enc, config, fingerprint)
+            _encode_shard(out, shard, chosen[shard.split], source.split(shard.split), tokenizer, enc, config,
+                          fingerprint)
             done += shard.row_stop - shard.row_start
             report(done, total_rows, "encoding")
     manifest = None
@@ -395,8 +397,12 @@ def encode_dataset(
     return EncodeResult(out, len(plan), [plan.index(s) for s in todo], skipped, manifest)
 
 
-def _capped(rows: int, cap: int | None) -> int:
-    return rows if cap is None else min(rows, cap)
+def select_rows(rows: int, cap: int | None) -> np.ndarray:
+    """Source rows a split encodes: all, or `cap` rows spread evenly over the split (so a capped quick
+    run still sees every part of a source that is stored part after part)."""
+    if cap is None or cap >= rows:
+        return np.arange(rows, dtype=np.int64)
+    return np.unique(np.linspace(0, rows - 1, cap).round().astype(np.int64))
 
 
 def _resolve_source(config: EncodeConfig, source_dir: Path, out: Path) -> Path:
@@ -501,13 +507,15 @@ def _decode_rows(tokenizer: Any, rows: np.ndarray, pad_id: int) -> list[str]:
 def _encode_shard(
     out: Path,
     shard: ShardPlan,
+    selected: np.ndarray,
     split: Any,
     tokenizer: Any,
     encoder: Any,
     config: EncodeConfig,
     fingerprint: dict[str, Any],
 ) -> None:
-    rows = split.get_batch(np.arange(shard.row_start, shard.row_stop))["input_ids"].astype(np.int32)
+    source_rows = selected[shard.row_start : shard.row_stop]
+    rows = split.get_batch(source_rows)["input_ids"].astype(np.int32)
     texts = _decode_rows(tokenizer, rows, split.pad_id)
     latents = encoder.encode(texts, role=config.role).astype(np.float32)
     if latents.shape != (len(texts), encoder.dim) or not np.isfinite(latents).all():
@@ -521,8 +529,8 @@ def _encode_shard(
     _atomic_save(paths["tokens"], rows)
     _atomic_save(paths["latents"], latents)
     lines = "".join(
-        json.dumps({"row": shard.row_start + i, "text": t}, ensure_ascii=False) + "\n"
-        for i, t in enumerate(texts)
+        json.dumps({"row": int(r), "text": t}, ensure_ascii=False) + "\n"
+        for r, t in zip(source_rows, texts, strict=True)
     )
     _atomic_write_text(paths["texts"], lines)
     record = {
@@ -577,12 +585,13 @@ def _finalize(
         role=config.role,
         dim=int(encoder_info["dim"]),
         normalization=LatentNormalization(unit_norm=bool(encoder_info["recipe"]["normalize"]), stats=stats),
-        source={
+        source=source.manifest.source,
+        source_dataset={
             "format": DATASET_FORMAT,
             "path": str(source_path),
             "manifest_sha256": fingerprint["source_manifest_sha256"],
-            "source": source.manifest.source,
             "packing": source.manifest.packing,
+            "tokenizer": source.manifest.tokenizer.name,
         },
         tokenizer=source.manifest.tokenizer.model_copy(update={"dir": "tokenizer", "files": tokenizer_files}),
         special_tokens=source.manifest.special_tokens,

@@ -27,6 +27,19 @@ from mmdlm.pipeline import Pipeline, load_pretrained
 log = logging.getLogger(__name__)
 
 
+LATENT_FAMILIES = ("mmdit", "latent-dit", "cross-dit")
+
+
+def _open_dataset(pipe: Pipeline, directory: str) -> TokenDataset:
+    """The family's own data kind when it has one (the latent families read a `latent-dataset`)."""
+    from mmdlm.families import get_family
+
+    opener = getattr(get_family(pipe.family), "open_dataset", None)
+    if opener is not None:
+        return opener(pipe.spec, directory)
+    return TokenDataset.open(directory)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda was requested but CUDA is not available; use device: cpu or auto")
@@ -114,12 +127,18 @@ def evaluate(
     config = config or EvalConfig()
     device = resolve_device(config.device)
     pipe = model if isinstance(model, Pipeline) else load_pretrained(model, device=device)
-    dataset = TokenDataset.open(config.dataset) if config.dataset else None
+    dataset = _open_dataset(pipe, config.dataset) if config.dataset else None
     protocol = base_protocol(pipe, config, dataset)
     report = EvalReport()
     if config.nll and dataset is not None:
         report.nll = validation_nll(pipe, dataset, config, protocol)
         log.info("validation NLL %.4f nats/token (ppl %.2f)", report.nll.nll, report.nll.ppl)
+    if config.latent is not None and pipe.family in LATENT_FAMILIES:
+        from mmdlm.eval.latent import evaluate_latent, summarize
+
+        report.latent = evaluate_latent(pipe, dataset, config.latent, split=config.split)
+        for name, result in report.latent.items():
+            log.info("%s: %s", name, summarize(result))
     gen = config.generative
     if gen is None:
         return report

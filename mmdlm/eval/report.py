@@ -70,6 +70,11 @@ def render_report(report: EvalReport, console: Console | None = None) -> None:
         console.print(f"[dim]{protocol_line(g.protocol)}[/dim]")
         for example in g.examples[:2]:
             console.print(f"[italic]{example[:300]!r}[/italic]")
-    notes = {note for r in (report.nll, report.generative) if r is not None for note in r.protocol.notes}
+    if report.latent:
+        from mmdlm.eval.latent import summarize
+
+        for name, result in report.latent.items():
+            console.print(f"[bold]latent {name}[/bold]: {summarize(result)}")
+        notes = {note for r in (report.nll, report.generative) if r is not None for note in r.protocol.notes}
     for note in sorted(notes):
         console.print(f"[yellow]note:[/yellow] {note}")

@@ -121,6 +121,8 @@ class EvalReport(BaseModel):
     generative: GenerativeResult | None = None
     data_reference: GenerativeResult | None = None
     sweep: SweepResult | None = None
+    latent: dict[str, Any] | None = None
+    """Latent families: t2l cosine, l2t round trip, STS, each with its baseline and protocol."""
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

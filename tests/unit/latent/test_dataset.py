@@ -26,7 +26,8 @@ def test_manifest_records_encoder_and_source(latent_dataset: tuple[Path, Path]) 
     assert m.format == "mmdlm.latents/v1" and m.kind == "latent-dataset" and m.dim == 384
     assert m.encoder["name"] == "minilm" and m.encoder["recipe"]["pooling"] == "mean"
     assert m.encoder["revision"] == "local" and m.normalization.unit_norm
-    assert m.source["format"] == "mmdlm.tokens/v1" and m.source["packing"] == "pad"
+    assert m.source_dataset["format"] == "mmdlm.tokens/v1" and m.source_dataset["packing"] == "pad"
+    assert m.source["type"] == "folder"
     source = TokenDataset.open(out / "source")
     for split in ("train", "validation"):
         assert m.splits[split].rows == len(source.split(split)) == len(ds.split(split))
