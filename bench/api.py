@@ -44,12 +44,20 @@ from services.common.db import Database  # noqa: E402
 from services.common.migrate import upgrade  # noqa: E402
 from tests.utils.servers import free_port, postgres_database, redis_namespace, stop_process_group  # noqa: E402
 
-SPEC = {"kind": "prepare-data", "source": "bundled", "tokenizer": "gpt2", "seq_len": 128, "max_documents": 100}
+SPEC = {
+    "kind": "prepare-data",
+    "source": "bundled",
+    "tokenizer": "gpt2",
+    "seq_len": 128,
+    "max_documents": 100,
+}
 
 
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backends", nargs="+", default=["postgres", "embedded"], choices=["postgres", "embedded"])
+    p.add_argument(
+        "--backends", nargs="+", default=["postgres", "embedded"], choices=["postgres", "embedded"]
+    )
     p.add_argument("--clients", nargs="+", type=int, default=[1, 10, 50])
     p.add_argument("--duration", type=float, default=5.0, help="seconds per (operation, clients) cell")
     p.add_argument("--rate", type=float, default=5.0, help="paced mode: status requests/s per client")
@@ -62,7 +70,9 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def _closed(url: str, token: str, op: str, clients: int, duration: float, ids: list[str]) -> dict[str, Any]:
+async def _closed(
+    url: str, token: str, op: str, clients: int, duration: float, ids: list[str]
+) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + duration
@@ -89,7 +99,9 @@ async def _closed(url: str, token: str, op: str, clients: int, duration: float, 
     return _summary(op, "closed", clients, latencies, errors, elapsed)
 
 
-async def _paced(url: str, token: str, clients: int, duration: float, rate: float, ids: list[str]) -> dict[str, Any]:
+async def _paced(
+    url: str, token: str, clients: int, duration: float, rate: float, ids: list[str]
+) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
     period = 1.0 / rate
@@ -114,7 +126,9 @@ async def _paced(url: str, token: str, clients: int, duration: float, rate: floa
     return _summary("status", f"paced {rate:g}/s", clients, latencies, errors, time.perf_counter() - started)
 
 
-def _summary(op: str, mode: str, clients: int, latencies: list[float], errors: int, elapsed: float) -> dict[str, Any]:
+def _summary(
+    op: str, mode: str, clients: int, latencies: list[float], errors: int, elapsed: float
+) -> dict[str, Any]:
     ms = [x * 1000 for x in latencies]
     return {
         "op": op,
@@ -196,7 +210,11 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "api",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "duration_s_per_cell": args.duration,
         "paced_rate_per_client": args.rate,
         "note": "client and server share the same CPUs; closed-loop latency follows Little's law",

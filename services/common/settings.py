@@ -88,7 +88,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # --- sampler service (services/sampler; its own settings are MMDLM_SAMPLER_* in services/sampler) -----
-    sampler_url: str = Field(default="http://127.0.0.1:8001", description="where the gateway finds the sampler")
+    sampler_url: str = Field(
+        default="http://127.0.0.1:8001", description="where the gateway finds the sampler"
+    )
     sampler_timeout_s: float = Field(default=600.0, gt=0, description="gateway -> sampler request timeout")
 
     # --- CLI client -----------------------------------------------------------------------------------
