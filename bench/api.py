@@ -61,6 +61,9 @@ def _args() -> argparse.Namespace:
     p.add_argument("--clients", nargs="+", type=int, default=[1, 10, 50])
     p.add_argument("--duration", type=float, default=5.0, help="seconds per (operation, clients) cell")
     p.add_argument("--rate", type=float, default=5.0, help="paced mode: status requests/s per client")
+    p.add_argument(
+        "--api-workers", type=int, default=1, help="uvicorn processes of the API (mmdlm serve --workers)"
+    )
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "api.json")
     return p.parse_args()
 
@@ -142,11 +145,11 @@ def _summary(
     }
 
 
-def _start_api(env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_api(env: dict[str, str], workdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     log = (workdir / "api.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "services.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
         env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -178,7 +181,7 @@ def run_backend(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         upgrade(database_url)
         with Database(database_url).begin() as session:
             _, token = create_token(session, f"bench-{secrets.token_hex(3)}")
-        proc, url = _start_api(env, workdir)
+        proc, url = _start_api(env, workdir, args.api_workers)
         stack.callback(stop_process_group, proc)
         ids: list[str] = []
         rows: list[dict[str, Any]] = []
@@ -191,6 +194,7 @@ def run_backend(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         for row in rows:
             row["backend"] = "PostgreSQL + Redis" if name == "postgres" else "embedded (SQLite + sqla broker)"
             row["jobs_in_table"] = len(ids)
+            row["api_workers"] = args.api_workers
         return rows
 
 
