@@ -10,7 +10,7 @@ product); `production` = PostgreSQL + Redis + S3 (SeaweedFS). Every platform get
 broker namespace and bucket, so platforms never see each other's jobs.
 
 Lifecycle timings are shortened for tests (lease 4 s, heartbeat 0.25 s, sweep 0.5 s, retry backoff
-0.2 s, cancel grace 2 s, re-dispatch of unclaimed jobs 10 s); pass `env={...}` to change any MMDLM_* setting of every process.
+0.2 s, cancel grace 3 s, re-dispatch of unclaimed jobs 10 s); pass `env={...}` to change any MMDLM_* setting of every process.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ FAST_LIFECYCLE = {
     "MMDLM_REDISPATCH_AFTER_S": "10",
     "MMDLM_RETRY_BACKOFF_S": "0.2",
     "MMDLM_RETRY_BACKOFF_MAX_S": "2",
-    "MMDLM_CANCEL_GRACE_S": "2",
+    "MMDLM_CANCEL_GRACE_S": "3",
     "MMDLM_BROKER_VISIBILITY_TIMEOUT_S": "60",
     "MMDLM_MAX_BODY_BYTES": "65536",
     "MMDLM_TOKEN_CACHE_S": "0",
