@@ -58,6 +58,8 @@ class EncodeConfig(StrictModel):
     """Rows per latent shard: the unit of work a worker encodes, verifies and can skip when done."""
     max_rows: int | None = Field(default=None, ge=1)
     """Cap per split: this many rows spread evenly over the split (source order), for quick runs."""
+    max_validation_rows: int | None = Field(default=None, ge=1)
+    """Cap for the validation split alone (None: `max_rows`)."""
     # text-folder sources only (a `dataset` source brings its own tokenizer, seq_len and split)
     tokenizer: TokenizerConfig = Field(default_factory=BertTokenizerConfig)
     seq_len: int = Field(default=128, ge=8)

@@ -360,7 +360,8 @@ def encode_dataset(
     out.mkdir(parents=True, exist_ok=True)
     source_path = _resolve_source(config, Path(source_dir), out)
     source = TokenDataset.open(source_path, verify=True)
-    chosen = {name: select_rows(len(source.split(name)), config.max_rows) for name in ("train", "validation")}
+    caps = {"train": config.max_rows, "validation": config.max_validation_rows or config.max_rows}
+    chosen = {name: select_rows(len(source.split(name)), caps[name]) for name in ("train", "validation")}
     plan = plan_shards({name: len(rows) for name, rows in chosen.items()}, config.shard_rows)
     fingerprint = _job_fingerprint(config, source_path)
     _claim_job(out, fingerprint)

@@ -218,11 +218,11 @@ class MMDiTFamily(LatentFamily[MMDiTSpec]):
                 return model(tok, z, zeros, t, attention_mask=m, drop_text=drop)[1]
 
             x0, nfe = sample_t2l(
-                latent_fn, gaussian, ids, mask, model.config.latent_dim, steps=cfg.latent_steps,
+                latent_fn, gaussian, ids, mask, (len(ids), 1, model.config.latent_dim), steps=cfg.latent_steps,
                 sampler=cfg.latent_sampler, eta=cfg.eta, guidance_scale=cfg.guidance_scale,
                 clip_x0=cfg.clip_x0, generator=gen,
             )  # fmt: skip
-            out_latents = _to_encoder_space(norm, x0, cfg.normalize_latent)
+            out_latents = _to_encoder_space(norm, x0[:, 0], cfg.normalize_latent)
             return LatentSampleOutput(
                 tokens=ids.cpu(), nfe=nfe, elapsed_s=time.perf_counter() - start, steps=cfg.latent_steps,
                 latents=out_latents.cpu(), mode="t2l", protocol=protocol,
@@ -257,13 +257,13 @@ class MMDiTFamily(LatentFamily[MMDiTSpec]):
             return model(zt, z, t, t_lat, attention_mask=m)
 
         tokens, x0, nfe = sample_joint(
-            joint_fn, text, gaussian, lens, seq_len, model.config.latent_dim, steps=cfg.text_steps,
+            joint_fn, text, gaussian, lens, seq_len, (len(lens), 1, model.config.latent_dim), steps=cfg.text_steps,
             latent_sampler=cfg.latent_sampler, eta=cfg.eta, temperature=cfg.temperature, clip_x0=cfg.clip_x0,
             generator=gen,
         )  # fmt: skip
         return LatentSampleOutput(
             tokens=tokens.cpu(), nfe=nfe, elapsed_s=time.perf_counter() - start, steps=cfg.text_steps,
-            latents=_to_encoder_space(norm, x0, cfg.normalize_latent).cpu(), mode="joint", protocol=protocol,
+            latents=_to_encoder_space(norm, x0[:, 0], cfg.normalize_latent).cpu(), mode="joint", protocol=protocol,
         )  # fmt: skip
 
 

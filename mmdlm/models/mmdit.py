@@ -202,6 +202,36 @@ class LatentEncoder(nn.Module):
         return self.proj(z).view(z.shape[0], self.num_tokens, -1) + self.position
 
 
+def joint_key_mask(
+    attention_mask: Tensor | None,
+    B: int,
+    L: int,
+    n_other: int,
+    drop_text: Tensor | None,
+    drop_other: Tensor | None,
+    device: torch.device,
+) -> Tensor | None:
+    """(B, 1, 1, L + n_other) bool key mask over [text; other stream], or None when every key is visible.
+    Text keys: real tokens, hidden for samples with drop_text; other keys hidden for drop_other. A row
+    with no visible key at all attends everywhere (no NaN)."""
+    if attention_mask is None and drop_text is None and drop_other is None:
+        return None
+    text = (
+        torch.ones(B, L, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
+    )
+    if drop_text is not None:
+        text = text & ~drop_text.bool()[:, None]
+    keys = [text]
+    if n_other:
+        other = torch.ones(B, n_other, dtype=torch.bool, device=device)
+        if drop_other is not None:
+            other = other & ~drop_other.bool()[:, None]
+        keys.append(other)
+    mask = torch.cat(keys, dim=1)
+    mask = mask | ~mask.any(dim=1, keepdim=True)
+    return mask[:, None, None, :]
+
+
 class MMDiT(nn.Module):
     """forward(text_tokens (B, L) long, latents (B, D) | (B, S, D) | None, text_t (B,) | None,
     latent_t (B,) | None, attention_mask (B, L) | None, drop_text (B,) bool | None,
@@ -236,35 +266,6 @@ class MMDiT(nn.Module):
         # histogram of training-row lengths (real tokens); samplers draw lengths from it, forward ignores it
         self.register_buffer("length_counts", torch.zeros(config.max_seq_len + 1))
 
-    def _key_mask(
-        self,
-        attention_mask: Tensor | None,
-        B: int,
-        L: int,
-        n_lat: int,
-        drop_text: Tensor | None,
-        drop_latent: Tensor | None,
-        device: torch.device,
-    ) -> Tensor | None:
-        if attention_mask is None and drop_text is None and drop_latent is None:
-            return None
-        text = (
-            torch.ones(B, L, dtype=torch.bool, device=device)
-            if attention_mask is None
-            else attention_mask.bool()
-        )
-        if drop_text is not None:
-            text = text & ~drop_text.bool()[:, None]
-        keys = [text]
-        if n_lat:
-            lat = torch.ones(B, n_lat, dtype=torch.bool, device=device)
-            if drop_latent is not None:
-                lat = lat & ~drop_latent.bool()[:, None]
-            keys.append(lat)
-        mask = torch.cat(keys, dim=1)
-        mask = mask | ~mask.any(dim=1, keepdim=True)  # a row with no key at all attends everywhere (no NaN)
-        return mask[:, None, None, :]
-
     def forward(
         self,
         text_tokens: Tensor,
@@ -291,7 +292,7 @@ class MMDiT(nn.Module):
                 )
             states.append(self.latent_encoder(latents.to(states[0].dtype)))
         n_lat = states[1].shape[1] if latents is not None else 0
-        key_mask = self._key_mask(attention_mask, B, L, n_lat, drop_text, drop_latent, device)
+        key_mask = joint_key_mask(attention_mask, B, L, n_lat, drop_text, drop_latent, device)
         streams = self.config.num_residual_streams
         if streams > 1:
             states = [s.unsqueeze(2).expand(-1, -1, streams, -1) for s in states]

@@ -180,7 +180,7 @@ def sample_t2l(
     gaussian: GaussianDiffusion,
     tokens: Tensor,
     mask: Tensor,
-    dim: int,
+    shape: tuple[int, ...],
     *,
     steps: int,
     sampler: str = "ddim",
@@ -189,9 +189,10 @@ def sample_t2l(
     clip_x0: float | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, int]:
-    """The clean-latent estimate x0_hat (N, D) (normalised space) after `steps` reverse steps."""
+    """The clean estimate x0_hat (`shape`, e.g. (N, 1, D) latents in normalised space) after `steps`
+    reverse steps; `tokens` / `mask` (N, L) are the conditioning text."""
     N = tokens.shape[0]
-    z = torch.randn((N, 1, dim), generator=generator, device=generator.device if generator else "cpu").to(
+    z = torch.randn(shape, generator=generator, device=generator.device if generator else "cpu").to(
         tokens.device
     )
     grid = gaussian.timesteps(steps)
@@ -202,7 +203,7 @@ def sample_t2l(
         pred = _guided_latent(fn, tokens, mask, z, t, guidance_scale)
         out = _latent_step(gaussian, pred.float(), z, k, k_prev, sampler, eta, clip_x0, generator)
         z, x0 = out.prev_sample, out.pred_x0
-    return x0[:, 0], len(grid)
+    return x0, len(grid)
 
 
 @torch.no_grad()
@@ -212,7 +213,7 @@ def sample_joint(
     gaussian: GaussianDiffusion,
     lengths: Tensor,
     seq_len: int,
-    dim: int,
+    shape: tuple[int, ...],
     *,
     steps: int,
     latent_sampler: str = "ddim",
@@ -227,6 +228,8 @@ def sample_joint(
     device = lengths.device
     N = lengths.shape[0]
     mask = length_mask(lengths, seq_len)
+    if shape[0] != N:
+        raise ValueError(f"shape {shape} must start with the number of samples {N}")
     layout = process.layout
     pad = layout.pad_id if layout.pad_id is not None else layout.mask_id
     zt = torch.where(
@@ -234,9 +237,7 @@ def sample_joint(
         torch.full_like(mask, layout.mask_id, dtype=torch.long),
         torch.full_like(mask, pad, dtype=torch.long),
     )
-    z = torch.randn((N, 1, dim), generator=generator, device=generator.device if generator else "cpu").to(
-        device
-    )
+    z = torch.randn(shape, generator=generator, device=generator.device if generator else "cpu").to(device)
     options = SamplingOptions(temperature=temperature, float64=float64)
     text_grid = time_grid(steps, process.t_eps)
     lat_grid = gaussian.timesteps(steps)
@@ -249,4 +250,4 @@ def sample_joint(
         zt = process.reverse_step(logits, zt, text_grid[i], text_grid[i + 1], generator, options)
         out = _latent_step(gaussian, pred.float(), z, k, k_prev, latent_sampler, eta, clip_x0, generator)
         z, x0 = out.prev_sample, out.pred_x0
-    return zt, x0[:, 0], steps
+    return zt, x0, steps

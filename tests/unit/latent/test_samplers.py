@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mmdlm.config.latent import CrossDiTSpec, LatentDiTSpec, LatentSampleConfig
+from mmdlm.config.latent import CrossDiTSpec, GaussianConfig, LatentDiTSpec, LatentSampleConfig
 from mmdlm.diffusion.base import VocabLayout
 from mmdlm.diffusion.gaussian import GaussianDiffusion
 from mmdlm.diffusion.masked import MaskedProcess
@@ -96,20 +96,18 @@ def test_t2l_ddim_returns_x0_with_an_oracle() -> None:
             gaussian,
             torch.zeros(3, L, dtype=torch.long),
             torch.ones(3, L, dtype=torch.bool),
-            D,
+            (3, 1, D),
             steps=25,
             sampler=sampler,
             eta=eta,
             generator=torch.Generator().manual_seed(0),
         )
         assert nfe == 25
-        torch.testing.assert_close(out, x0[:, 0], atol=1e-3, rtol=0)
+        torch.testing.assert_close(out, x0, atol=1e-3, rtol=0)
 
 
 def test_t2l_guidance_formula() -> None:
-    gaussian = GaussianDiffusion(
-        __import__("mmdlm.config.latent", fromlist=["GaussianConfig"]).GaussianConfig(parameterization="x0")
-    )
+    gaussian = GaussianDiffusion(GaussianConfig(parameterization="x0"))
     cond, uncond = torch.full((1, 1, D), 1.0), torch.full((1, 1, D), -1.0)
 
     def fn(tokens, mask, z, t, drop):
@@ -122,11 +120,11 @@ def test_t2l_guidance_formula() -> None:
         gaussian,
         torch.zeros(1, L, dtype=torch.long),
         torch.ones(1, L, dtype=torch.bool),
-        D,
+        (1, 1, D),
         steps=3,
         guidance_scale=2.0,
     )
-    torch.testing.assert_close(out, torch.full((1, D), 3.0))  # -1 + 2 (1 - -1)
+    torch.testing.assert_close(out, torch.full((1, 1, D), 3.0))  # -1 + 2 (1 - -1)
 
 
 def test_joint_one_call_per_step() -> None:
@@ -137,10 +135,10 @@ def test_joint_one_call_per_step() -> None:
         calls.append((float(t[0]), float(t_lat[0])))
         return torch.randn(*zt.shape, PROCESS.layout.rows), torch.zeros_like(z)
 
-    tokens, x0, nfe = sample_joint(fn, PROCESS, gaussian, torch.tensor([L, 4]), L, D, steps=6)
+    tokens, x0, nfe = sample_joint(fn, PROCESS, gaussian, torch.tensor([L, 4]), L, (2, 1, D), steps=6)
     assert nfe == 6 == len(calls)
     assert calls[0][0] > 0.99 and calls[0][1] == 1.0 and calls[-1][0] < calls[0][0]
-    assert not (tokens == VOCAB.mask_id).any() and x0.shape == (2, D)
+    assert not (tokens == VOCAB.mask_id).any() and x0.shape == (2, 1, D)
 
 
 def _trained_like(family: str):
