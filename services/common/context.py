@@ -14,7 +14,8 @@ The monitor thread runs for the whole runner: every `heartbeat_interval_s` it re
 flushes buffered progress, events and metrics in ONE transaction, and reads `cancel_requested`. When
 cancel is requested (or the lease is lost) it sets `ctx.cancelled` and calls the cancel callbacks. If
 the runner still has not returned `cancel_grace_s` later, the job is marked cancelled anyway and, in a
-Celery pool process, the process exits so the pool replaces it: a cancel always ends the work.
+Celery pool process, the process exits so the pool replaces it: a cancel always ends the work. A runner
+with its own stop sequence (SIGTERM, wait, SIGKILL) must finish it well within MMDLM_CANCEL_GRACE_S.
 """
 
 from __future__ import annotations
