@@ -253,3 +253,23 @@ def test_ready_reports_a_broken_store(tmp_path: Path) -> None:
     assert response.status_code == 503
     body = response.json()
     assert body["checks"]["store"]["ok"] is False and body["checks"]["database"]["ok"] is True
+
+
+def test_a_job_is_accepted_while_the_broker_is_down(tmp_path: Path) -> None:
+    """The row is the truth: the job is stored (201) and left for the sweeper to dispatch."""
+    from tests.utils.servers import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    settings = Settings(
+        _env_file=None, home=tmp_path / "h", broker_url=dead, kind_modules=["tests.utils.kinds"]
+    )  # type: ignore[call-arg]
+    with TestClient(create_app(settings)) as client:
+        headers = {"Authorization": f"Bearer {token_for(settings, 'dora')}"}
+        response = client.post("/v1/jobs", json={"kind": "probe"}, headers=headers)
+        assert response.status_code == 201, response.text
+        assert client.get("/readyz").json()["checks"]["broker"]["ok"] is False
+    from services.common.models import Job
+
+    with Database(settings.database_url).session() as s:
+        job = s.get(Job, response.json()["id"])
+        assert job is not None and job.status == "queued" and job.enqueued_at is None
