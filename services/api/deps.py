@@ -24,7 +24,8 @@ StateDep = Annotated[AppState, Depends(get_state)]
 
 
 def get_session(state: StateDep) -> Iterator[Session]:
-    with state.db.session() as session:
+    """A read-only (autocommit) session; handlers that write open their own transaction."""
+    with state.db.reader() as session:
         yield session
 
 
@@ -58,7 +59,7 @@ async def current_user(
 
 
 def _lookup(state: AppState, token: str) -> Principal | None:
-    with state.db.session() as session:
+    with state.db.reader() as session:
         user = user_for_token(session, token)
         return None if user is None else Principal(id=user.id, name=user.name)
 

@@ -43,7 +43,7 @@ class JobsCollector(Collector):
             "mmdlm_jobs", "Jobs in the job table by status and queue", labels=["status", "queue"]
         )
         try:
-            with self.db.session() as s:
+            with self.db.reader() as s:
                 rows = s.execute(
                     select(Job.status, Job.queue, func.count()).group_by(Job.status, Job.queue)
                 ).all()

@@ -56,7 +56,7 @@ def _parse_last_id(value: str | None) -> int:
 
 
 def _read(state: AppState, job_id: str, after: int) -> tuple[str | None, list[tuple[int, str, dict]]]:
-    with state.db.session() as s:
+    with state.db.reader() as s:
         # Status first, then events: the final state event commits with the status, so once a terminal
         # status is seen, every event of the job is already visible to the next query.
         status_ = s.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()

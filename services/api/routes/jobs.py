@@ -78,7 +78,7 @@ def build_router(kinds: dict[str, JobKind], job_create: Any) -> APIRouter:
 
     @router.get("/{job_id}", response_model=JobPublic)
     def get_job(job_id: str, user: CurrentUser, state: StateDep) -> Response:
-        with state.db.session() as session:
+        with state.db.reader() as session:
             found = crud.get_job_with_artifacts(session, job_id, user.id)
             if found is None:
                 raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
