@@ -16,7 +16,7 @@ from fastapi import FastAPI
 import mmdlm
 from services.api import errors
 from services.api.observability import MetricsMiddleware
-from services.api.routes import artifacts, events, health, job_priority, jobs
+from services.api.routes import artifacts, events, generate, health, job_priority, jobs, models
 from services.api.routes import kinds as kinds_routes
 from services.api.schemas import job_create_type
 from services.api.state import AppState
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.error("object store not usable yet: %s (/readyz reports it)", exc)
         logger.info("mmdlm API ready: kinds %s, store %s", ", ".join(sorted(kinds)), state.store.describe())
         yield
+        await generate.close_client(app)
         state.celery.close()
         state.db.engine.dispose()
 
@@ -70,4 +71,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(artifacts.router)
     app.include_router(kinds_routes.router)
+    app.include_router(generate.router)
+    app.include_router(models.router)
     return app

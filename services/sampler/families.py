@@ -1,0 +1,37 @@
+"""What each family can do in the sampler (torch-free: the job kinds check submissions with it)."""
+
+from __future__ import annotations
+
+FAMILY_KINDS = {
+    "mdlm": "discrete",
+    "gidd": "discrete",
+    "hdlm": "discrete",
+    "ar": "ar",
+    "mmdit": "latent",
+    "latent-dit": "latent",
+    "cross-dit": "latent",
+}
+"""family -> how it samples: discrete diffusion, autoregressive, or latent (text <-> sentence latent)."""
+
+MODES = {
+    "discrete": ("unconditional", "prefix", "infill"),
+    "ar": ("unconditional", "prefix"),
+    "mmdit": ("unconditional", "l2t", "t2l", "joint"),
+    "latent-dit": ("unconditional", "l2t"),
+    "cross-dit": ("unconditional", "l2t"),
+}
+SAMPLERS = {"discrete": ("ancestral", "cached"), "ar": ("ancestral",), "latent": ("ancestral", "topk")}
+
+
+def family_kind(family: str) -> str:
+    try:
+        return FAMILY_KINDS[family]
+    except KeyError:
+        raise ValueError(
+            f"the sampler cannot serve family {family!r} (known: {sorted(FAMILY_KINDS)})"
+        ) from None
+
+
+def modes_of(family: str) -> tuple[str, ...]:
+    kind = family_kind(family)
+    return MODES[kind] if kind in MODES else MODES[family]

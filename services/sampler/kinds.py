@@ -1,0 +1,188 @@
+"""Job kinds of the `sample` queue: `sample` (a large sample set into the object store) and `evaluate`
+(the evaluation protocol of `mmdlm.eval` on a `model` artifact). Imported by the API: keep it torch-free.
+
+    {"kind": "sample", "model": "<model artifact>", "num_samples": 10000, "steps": 256, "seed": 0}
+    {"kind": "evaluate", "model": "<model artifact>", "dataset": "<dataset artifact>",
+     "generative": {"sample": {"num_samples": 64, "steps": 128}, "steps_sweep": [16, 64, 256]}}
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from mmdlm.config.base import StrictModel
+from mmdlm.config.eval import GenerativeEvalConfig
+from mmdlm.config.latent import LatentSampleConfig
+from services.common.crud import require_artifact
+from services.common.errors import FieldError
+from services.common.kinds import JobKind, register
+from services.sampler.families import FAMILY_KINDS, family_kind, modes_of
+from services.sampler.schemas import MAX_SEED, Mode, SamplingParams
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from services.common.auth import Principal
+
+
+def _model_family(session: Session, user: Principal, model: str) -> str | None:
+    artifact = require_artifact(session, user, model, field="model", kind="model")
+    family = (artifact.meta or {}).get("family")
+    if family is not None and family not in FAMILY_KINDS:
+        raise FieldError("model", f"family {family!r} cannot be sampled here (known: {sorted(FAMILY_KINDS)})")
+    return family
+
+
+# --- sample ------------------------------------------------------------------------------------------------------
+
+
+class SampleSpec(SamplingParams):
+    """`kind: sample`: `num_samples` samples of a model written as a `samples` artifact (JSONL of texts and
+    token ids + the sampling protocol). Chunk k (`chunk_size` rows) is drawn with seed `seed + k`, so it
+    equals POST /v1/generate with that seed and the same settings."""
+
+    kind: Literal["sample"] = "sample"
+    model: str = Field(min_length=1, max_length=64)
+    num_samples: int = Field(64, ge=1, le=10_000_000)
+    chunk_size: int = Field(64, ge=1, le=4096)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    mode: Mode | None = None
+    seq_len: int | None = Field(None, ge=1)
+    prompt: str | None = None
+    infill: list[str | int] | None = None
+    length: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _seed_range(self) -> SampleSpec:
+        chunks = -(-self.num_samples // self.chunk_size)
+        if self.seed + chunks - 1 > MAX_SEED:
+            raise ValueError(f"seed + number of chunks ({chunks}) must stay below 2**63")
+        return self
+
+
+def check_sample(spec: SampleSpec, session: Session, user: Principal) -> None:
+    family = _model_family(session, user, spec.model)
+    if family is not None and spec.mode is not None and spec.mode not in modes_of(family):
+        raise FieldError(
+            "mode",
+            f"the {family} family cannot generate {spec.mode!r}; supported: {', '.join(modes_of(family))}",
+        )
+
+
+# --- evaluate ----------------------------------------------------------------------------------------------------
+
+
+class LatentEvalSection(StrictModel):
+    """Latent families: t2l cosine (mmdit) and l2t round trip on `num_rows` rows of the dataset's split."""
+
+    t2l: bool = True
+    l2t: bool = True
+    num_rows: int = Field(64, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1)
+    sample: LatentSampleConfig = Field(default_factory=LatentSampleConfig)
+    """Sampling settings (text_steps, latent_steps, guidance ...); the mode is set per metric."""
+
+
+class StsPair(StrictModel):
+    sentence1: str = Field(min_length=1)
+    sentence2: str = Field(min_length=1)
+    score: float
+
+
+class StsSection(StrictModel):
+    """STS correlation of the model's t2l latents (mmdit): inline `pairs`, or `source: stsb` (STS-B through
+    `datasets`, which needs internet or a local cache on the worker)."""
+
+    pairs: list[StsPair] | None = Field(None, min_length=3, max_length=20_000)
+    source: Literal["stsb"] | None = None
+    max_pairs: int | None = Field(None, ge=3)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StsSection:
+        if (self.pairs is None) == (self.source is None):
+            raise ValueError("give exactly one of pairs (inline) or source: stsb")
+        return self
+
+
+class EvaluateSpec(StrictModel):
+    """`kind: evaluate`: validation NLL/PPL (exact for AR, ELBO bound otherwise; text NLL given the clean
+    latent for latent families), generative PPL with entropy under a reference LM (+ the same on real rows),
+    an optional steps sweep, and for latent families t2l cosine, l2t round trip and STS. Results become
+    metrics of the job and an `evaluation` artifact with the full protocol."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    model: str = Field(min_length=1, max_length=64)
+    dataset: str | None = Field(None, min_length=1, max_length=64)
+    """A `dataset` artifact (token families) or `latent-dataset` (latent families); None skips NLL."""
+    split: str = "validation"
+    batch_size: int = Field(16, ge=1)
+    max_batches: int | None = Field(None, ge=1)
+    num_time_samples: int = Field(4, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    nll: bool = True
+    generative: GenerativeEvalConfig | None = Field(default_factory=GenerativeEvalConfig)
+    latent: LatentEvalSection | None = Field(default_factory=LatentEvalSection)
+    """Only for latent families (ignored otherwise)."""
+    sts: StsSection | None = None
+
+    def eval_config(self, dataset_dir: str | None) -> Any:
+        """The library EvalConfig of this job (`dataset_dir`: the staged dataset, or None)."""
+        from mmdlm.config.eval import EvalConfig
+
+        return EvalConfig(
+            dataset=dataset_dir, split=self.split, batch_size=self.batch_size, max_batches=self.max_batches,
+            num_time_samples=self.num_time_samples, precision=self.precision, seed=self.seed, device=self.device,
+            nll=self.nll, generative=self.generative,
+        )  # fmt: skip
+
+
+def check_evaluate(spec: EvaluateSpec, session: Session, user: Principal) -> None:
+    family = _model_family(session, user, spec.model)
+    if family is None:
+        return
+    kind = family_kind(family)
+    if spec.dataset is not None:
+        require_artifact(
+            session,
+            user,
+            spec.dataset,
+            field="dataset",
+            kind="latent-dataset" if kind == "latent" else "dataset",
+        )
+    if kind == "ar" and spec.generative is not None and spec.generative.steps_sweep:
+        raise FieldError("generative.steps_sweep", "an AR model has no sampling steps to sweep")
+    if spec.sts is not None and family != "mmdit":
+        raise FieldError(
+            "sts", f"STS uses t2l latents, which only the mmdit family generates (this model: {family})"
+        )
+
+
+SAMPLE = register(
+    JobKind(
+        name="sample",
+        spec=SampleSpec,
+        queue="sample",
+        runner="services.sampler.sample_job:run",
+        check=check_sample,  # type: ignore[arg-type]
+        permanent_errors=(ValueError,),
+        description="Draw a large sample set from a `model` artifact into a `samples` artifact (JSONL + protocol).",
+    )
+)
+
+EVALUATE = register(
+    JobKind(
+        name="evaluate",
+        spec=EvaluateSpec,
+        queue="sample",
+        runner="services.sampler.evaluate:run",
+        check=check_evaluate,  # type: ignore[arg-type]
+        permanent_errors=(ValueError, FileNotFoundError),
+        description="Evaluate a `model` artifact: NLL/PPL, generative PPL + entropy, steps sweep, latent metrics; "
+        "results as metrics and an `evaluation` artifact carrying the protocol.",
+    )
+)

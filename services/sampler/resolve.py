@@ -1,0 +1,227 @@
+"""Turn a request into a `GenJob` for one loaded model, refusing (RequestError -> 4xx naming the field)
+everything that cannot run, before any compute: an unsupported mode or sampler for the family, a prompt
+that leaves no room to generate, a latent of the wrong dimension, a request past the service limits."""
+
+from __future__ import annotations
+
+import math
+import secrets
+
+import torch
+
+from services.sampler.cache import EncoderCache, LoadedModel
+from services.sampler.engine import GenJob
+from services.sampler.families import SAMPLERS, modes_of
+from services.sampler.schemas import GenerateRequest, RequestError, SamplingParams
+from services.sampler.settings import SamplerSettings
+
+
+def new_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
+def check_params(model: LoadedModel, params: SamplingParams, limits: SamplerSettings) -> None:
+    if params.steps > limits.max_steps:
+        raise RequestError(
+            "steps", f"{params.steps} exceeds the limit of {limits.max_steps} (MMDLM_SAMPLER_MAX_STEPS)"
+        )
+    allowed = SAMPLERS[model.kind]
+    if params.sampler not in allowed:
+        raise RequestError(
+            "sampler",
+            f"{params.sampler!r} does not apply to the {model.family} family; choose {' or '.join(allowed)}",
+        )
+    if params.self_correction_steps and model.kind != "discrete":
+        raise RequestError(
+            "self_correction_steps", f"applies to discrete diffusion families, not {model.family}"
+        )
+
+
+def check_text(field: str, text: str, limits: SamplerSettings) -> None:
+    if len(text) > limits.max_prompt_chars:
+        raise RequestError(
+            field,
+            f"{len(text)} characters exceed the limit of {limits.max_prompt_chars} (MMDLM_SAMPLER_MAX_PROMPT_CHARS)",
+        )
+
+
+def check_ids(model: LoadedModel, field: str, ids: list[int]) -> None:
+    vocab = model.pipe.vocab
+    for token in ids:
+        if not 0 <= token < vocab.vocab_size or token == vocab.mask_id:
+            raise RequestError(
+                field,
+                f"id {token} is not a text token of this model (vocabulary [0, {vocab.vocab_size}), mask {vocab.mask_id})",
+            )
+
+
+def infer_mode(model: LoadedModel, req: GenerateRequest) -> str:
+    if req.mode is not None:
+        mode = req.mode
+    elif req.infill is not None:
+        mode = "infill"
+    elif req.prompt is not None or req.prompt_ids is not None:
+        mode = "prefix"
+    elif req.latent is not None or req.latent_text is not None:
+        mode = "l2t"
+    elif req.text is not None:
+        mode = "t2l"
+    else:
+        mode = "joint" if model.family == "mmdit" else "unconditional"
+    supported = modes_of(model.family)
+    if mode not in supported:
+        raise RequestError(
+            "mode", f"the {model.family} family cannot generate {mode!r}; supported: {', '.join(supported)}"
+        )
+    if model.kind == "latent" and mode == "unconditional":
+        mode = "l2t"  # text from the null condition
+    return mode
+
+
+def _refuse_fields(req: GenerateRequest, mode: str) -> None:
+    uses = {
+        "prompt": ("prefix", "infill"),
+        "prompt_ids": ("prefix", "infill"),
+        "infill": ("infill",),
+        "latent": ("l2t",),
+        "latent_text": ("l2t",),
+        "text": ("t2l",),
+        "length": ("l2t", "joint"),
+    }
+    for name, modes in uses.items():
+        if getattr(req, name) is not None and mode not in modes:
+            raise RequestError(name, f"does not apply to mode {mode!r} (used by {', '.join(modes)})")
+
+
+def resolve(
+    model: LoadedModel, req: GenerateRequest, limits: SamplerSettings, encoders: EncoderCache | None = None
+) -> GenJob:
+    """Validate `req` against `model` and build its GenJob (seed drawn when the request has none)."""
+    check_params(model, req, limits)
+    if req.num_samples > limits.max_samples:
+        raise RequestError(
+            "num_samples",
+            f"{req.num_samples} exceeds the limit of {limits.max_samples} (MMDLM_SAMPLER_MAX_SAMPLES)",
+        )
+    mode = infer_mode(model, req)
+    _refuse_fields(req, mode)
+    vocab = model.pipe.vocab
+    seq_len = req.seq_len
+    if seq_len is not None and seq_len > model.max_seq_len:
+        raise RequestError(
+            "seq_len", f"{seq_len} exceeds the model's max_seq_len of {model.max_seq_len} tokens"
+        )
+    job = GenJob(rows=req.num_samples, seq_len=0, mode=mode, params=SamplingParams.model_validate(req.protocol()),
+                 seed=req.seed if req.seed is not None else new_seed())  # fmt: skip
+
+    prompt: list[int] | None = None
+    if req.prompt is not None:
+        check_text("prompt", req.prompt, limits)
+        prompt = [vocab.bos_id, *model.tokenize(req.prompt)]
+    elif req.prompt_ids is not None:
+        check_ids(model, "prompt_ids", req.prompt_ids)
+        prompt = list(req.prompt_ids)
+        if not prompt:
+            raise RequestError("prompt_ids", "is empty")
+    template: list[int] | None = None
+    if req.infill is not None:
+        template = [vocab.bos_id]
+        for i, segment in enumerate(req.infill):
+            if isinstance(segment, str):
+                check_text(f"infill[{i}]", segment, limits)
+                template += model.tokenize(segment)
+            elif segment < 1:
+                raise RequestError(f"infill[{i}]", f"a gap must be at least 1 token, got {segment}")
+            else:
+                template += [-1] * segment
+        if -1 not in template and (seq_len is None or seq_len <= len(template)):
+            raise RequestError("infill", "the template has no gap to generate (add an integer, e.g. 5)")
+    if seq_len is None:
+        seq_len = model.context
+        if template is not None:
+            seq_len = len(template)
+    job.seq_len = seq_len
+
+    if prompt is not None and len(prompt) >= seq_len:
+        field = "prompt" if req.prompt is not None else "prompt_ids"
+        raise RequestError(
+            field,
+            f"{len(prompt)} tokens (BOS included) leave no room to generate in seq_len={seq_len} "
+            f"(the model's context is {model.max_seq_len}); shorten it or raise seq_len",
+        )
+    if template is not None:
+        if len(template) > seq_len:
+            raise RequestError(
+                "infill",
+                f"the template has {len(template)} tokens (BOS included), more than seq_len={seq_len}",
+            )
+        template += [-1] * (seq_len - len(template))
+        job.infill = torch.tensor(template, dtype=torch.long)
+    if prompt is not None:
+        job.prompt_ids = torch.tensor(prompt, dtype=torch.long)
+
+    if model.kind == "latent":
+        _latent_conditioning(model, req, job, limits, encoders)
+    job.given = _given(job)
+    return job
+
+
+def _given(job: GenJob) -> int:
+    if job.mode == "t2l":
+        return job.seq_len
+    known = torch.zeros(job.seq_len, dtype=torch.bool)
+    if job.infill is not None:
+        known |= job.infill >= 0
+    if job.prompt_ids is not None:
+        known[: job.prompt_ids.shape[-1]] = True
+    return int(known.sum())
+
+
+def _latent_conditioning(
+    model: LoadedModel,
+    req: GenerateRequest,
+    job: GenJob,
+    limits: SamplerSettings,
+    encoders: EncoderCache | None,
+) -> None:
+    dim = model.latent_dim
+    if req.length is not None:
+        if req.length > job.seq_len:
+            raise RequestError("length", f"{req.length} is longer than seq_len={job.seq_len}")
+        job.lengths = torch.full((job.rows,), req.length, dtype=torch.long)
+    if req.latent is not None:
+        if len(req.latent) != dim:
+            raise RequestError(
+                "latent", f"has {len(req.latent)} values but the model's latent dimension is {dim}"
+            )
+        if not all(math.isfinite(v) for v in req.latent):
+            raise RequestError("latent", "holds a non-finite value")
+        job.latents = torch.tensor([req.latent], dtype=torch.float32).expand(job.rows, -1).clone()
+    elif req.latent_text is not None:
+        check_text("latent_text", req.latent_text, limits)
+        job.latents = (
+            torch.from_numpy(_encode(model, req.latent_text, "latent_text", encoders))
+            .expand(job.rows, -1)
+            .clone()
+        )
+    if job.mode == "t2l":
+        if req.text is None:
+            raise RequestError("text", "mode t2l needs the text whose latent is generated")
+        check_text("text", req.text, limits)
+        from mmdlm.eval.latent import tokenize_rows
+
+        ids, mask = tokenize_rows(model.pipe.tokenizer, model.pipe.vocab, [req.text] * job.rows, job.seq_len)
+        job.text_ids, job.text_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def _encode(model: LoadedModel, text: str, field: str, encoders: EncoderCache | None):  # noqa: ANN202
+    spec = model.pipe.spec
+    if getattr(spec, "encoder", None) is None or encoders is None:
+        raise RequestError(field, "this model records no sentence encoder; send `latent` (a vector) instead")
+    encoder = encoders.for_config(spec.encoder)
+    vector = encoder.encode([text], role=getattr(spec, "encoder_role", "passage"))
+    if vector.shape[1] != model.latent_dim:
+        raise RequestError(
+            field, f"the encoder gives {vector.shape[1]}-d latents, the model expects {model.latent_dim}"
+        )
+    return vector.astype("float32")
