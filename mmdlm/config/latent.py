@@ -231,7 +231,8 @@ class ImageMMDiTConfig(StrictModel):
     n_blocks: int = Field(default=4, ge=1)
     n_heads: int = Field(default=4, ge=1)
     cond_dim: int = Field(default=128, ge=8)
-    max_seq_len: int = Field(default=16, ge=1)
+    max_seq_len: int = Field(default=8, ge=1)
+    """Caption tokens (the digits' captions are at most 8 with BOS/EOS)."""
     image_size: int = Field(default=8, ge=1)
     patch_size: int = Field(default=2, ge=1)
     channels: int = Field(default=1, ge=1)

@@ -255,3 +255,80 @@ def _normalizer(model: nn.Module) -> nn.Module:
     inner = getattr(model, "module", model)
     inner = getattr(inner, "_orig_mod", inner)
     return inner.latent_norm
+
+
+class ImageMMDiTObjective(MMDiTObjective):
+    """`Objective` of `image-mmdit`: caption (masked diffusion) + image, per-sample modes as above with
+    the image in the latent's place (`t2l` = caption -> image, `l2t` = image -> caption). The image is
+    either continuous pixels under Gaussian diffusion or grey-level tokens under masked diffusion.
+    Batches: input_ids, attention_mask (B, L); image (B, C, S, S) in [-1, 1]; pixels (B, S*S) levels."""
+
+    def __init__(self, text: MaskedProcess, image: GaussianDiffusion | MaskedProcess, config) -> None:  # noqa: ANN001
+        self.text = text
+        self.image = image
+        self.config = config
+        self.probs = {config.mode: 1.0} if config.mode != "mixture" else config.mode_probs.normalized()
+        self.probs = {m: self.probs.get(m, 0.0) for m in MODES}
+        self._step = None
+        self._calls = 0
+
+    @property
+    def continuous(self) -> bool:
+        return isinstance(self.image, GaussianDiffusion)
+
+    def __call__(
+        self, model: nn.Module, batch: Mapping[str, Tensor], generator: torch.Generator | None = None
+    ) -> LossOutput:
+        x0, mask = unpack_text(batch)
+        B, device = x0.shape[0], x0.device
+        modes = self._modes(B).to(device)
+        t_text = torch.where(modes == T2L, 0.0, self.text.sample_times(B, generator, device))
+        zt_text = _keep_padding(self.text.sample_zt(x0, t_text, generator), x0, mask)
+        if self.continuous:
+            target = batch["image"].float()
+            t_img = torch.where(modes == L2T, 0.0, self.image.sample_times(B, device, generator, True))
+            zt_img, noise = self.image.sample_zt(target, t_img, generator)
+            zt_img = torch.where((modes == L2T)[:, None, None, None], target, zt_img)
+        else:
+            target = batch["pixels"].long()
+            t_img = torch.where(modes == L2T, 0.0, self.image.sample_times(B, generator, device))
+            zt_img = self.image.sample_zt(target, t_img, generator)
+        drop = uniform((B,), generator, device) < self.config.cond_dropout
+        logits, out = model(
+            zt_text, zt_img, t_text, t_img, attention_mask=mask, drop_text=drop & (modes == T2L),
+            drop_image=drop & (modes == L2T),
+        )  # fmt: skip
+        text_rows = modes != T2L
+        text_loss, elbo_sum, count = _text_terms(
+            self.text, logits, x0, zt_text, t_text, mask & text_rows[:, None], self.config.text.loss_weighting
+        )
+        img_rows = modes != L2T
+        if self.continuous:
+            per_sample = self.image.loss(out, target, noise, t_img)
+        else:
+            per_sample = self.image.loss(out, target, zt_img, t_img).elbo.float().mean(dim=1)
+        img_loss = torch.where(img_rows, per_sample, 0.0).sum() / img_rows.sum().clamp(min=1)
+        loss = text_loss + self.config.image_loss_weight * img_loss
+        loss = loss + 0.0 * (logits.float().mean() + out.float().mean())
+        metrics = {
+            "text_loss": text_loss.detach(),
+            "image_loss": img_loss.detach(),
+            "elbo": (elbo_sum / count.clamp(min=1)).detach(),
+        }
+        return LossOutput(loss=loss, metrics=metrics, num_tokens=mask.sum())
+
+    @torch.no_grad()
+    def nll_bound(
+        self,
+        model: nn.Module,
+        batch: Mapping[str, Tensor],
+        num_samples: int,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Caption NLL bound given the clean image, -log p(caption | image) (float64 (B,))."""
+        x0, mask = unpack_text(batch)
+        image = batch["image"].float() if self.continuous else batch["pixels"].long()
+        return _conditional_bound(
+            self.text, x0, mask, num_samples, generator,
+            lambda zt, t: model(zt, image, t, torch.zeros_like(t), attention_mask=mask)[0],
+        )  # fmt: skip

@@ -80,6 +80,7 @@ _MODULES: dict[str, str] = {
     "mmdit": "mmdlm.families.latent",
     "latent-dit": "mmdlm.families.latent",
     "cross-dit": "mmdlm.families.latent",
+    "image-mmdit": "mmdlm.families.image",
 }
 
 
