@@ -110,11 +110,15 @@ def create_job(
     spec: dict[str, Any],
     priority: int = 0,
     max_attempts: int = 3,
+    job_id: str | None = None,
 ) -> Job:
-    """Insert a queued job (and its first event) in the caller's transaction; enqueue after commit."""
+    """Insert a queued job (and its first event) in the caller's transaction; enqueue after commit.
+
+    job_id: a chosen id, e.g. derived by a job that creates sub-jobs so that creating them twice fails.
+    """
     now = utcnow()
     job = Job(
-        id=new_id(),  # known now, so the job and its first event go out in one flush at commit
+        id=job_id or new_id(),  # known now, so the job and its first event go out in one flush at commit
         owner_id=owner_id,
         kind=kind,
         queue=queue,
@@ -194,15 +198,20 @@ def claim_next(
     now: datetime | None = None,
     *,
     max_running_per_owner: int = 0,
+    only: Sequence[str] | None = None,
 ) -> ClaimedJob | None:
     """Atomically take the best claimable job of `queue` for `worker`; None if there is none.
 
     Claimable: queued/retrying and due, or running with an expired lease (its worker vanished) and
     attempts left. The claim is a single UPDATE ... WHERE id = (best candidate) AND <still claimable>;
     on PostgreSQL the candidate row is locked with SKIP LOCKED so concurrent claimers take different jobs.
+    `only`: claim only among these job ids (a job that works through its own sub-jobs).
     """
     now = now or utcnow()
-    candidate = _candidates(queue, now, max_running_per_owner).limit(1)
+    candidate = _candidates(queue, now, max_running_per_owner)
+    if only is not None:
+        candidate = candidate.where(Job.id.in_(list(only)))
+    candidate = candidate.limit(1)
     if db.dialect == "postgresql":
         candidate = candidate.with_for_update(skip_locked=True)
     stmt = (

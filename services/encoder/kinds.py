@@ -29,3 +29,6 @@ PREPARE_DATA = register(
         description="Tokenize a corpus into a `dataset` artifact (token shards + tokenizer + manifest).",
     )
 )
+
+# `encode` and `encode-shard` (services/encoder/encode_kinds.py) register with the same import.
+from services.encoder import encode_kinds as _encode_kinds  # noqa: E402, F401
