@@ -10,6 +10,8 @@ import torch
 from mmdlm.config.latent import EncodeConfig, EncoderConfig, LatentDiTConfig, MMDiTConfig, MMDiTSpec
 from mmdlm.data.latent import encode_dataset
 from mmdlm.data.vocab import VocabInfo
+from mmdlm.families import get_family
+from mmdlm.pipeline import save_model_folder
 
 VOCAB = VocabInfo(vocab_size=40, pad_id=0, mask_id=1, bos_id=2, eos_id=3)
 D = 8
@@ -64,3 +66,19 @@ def latent_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     result = encode_dataset(CONFIG, root / "texts", root / "latents")
     assert result.manifest is not None
     return root, root / "latents"
+
+
+@pytest.fixture(scope="session")
+def model_dir(latent_dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _, data_dir = latent_dataset
+    family = get_family("mmdit")
+    spec = MMDiTSpec(
+        model=MMDiTConfig(hidden_size=32, n_blocks=1, n_heads=2, cond_dim=32, max_seq_len=16, latent_dim=384)
+    )
+    data = family.open_dataset(spec, data_dir)
+    built = family.build(spec, data.vocab)
+    family.bind_dataset(built, data)
+    return save_model_folder(
+        tmp_path_factory.mktemp("m") / "model", spec=spec, vocab=data.vocab, state_dict=built.model.state_dict(),
+        tokenizer_dir=data_dir / "tokenizer", extras=built.extras,
+    )  # fmt: skip

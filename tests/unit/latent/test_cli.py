@@ -6,14 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from typer.testing import CliRunner
 
 from mmdlm.cli import app
-from mmdlm.config.latent import MMDiTConfig, MMDiTSpec
-from mmdlm.families import get_family
-from mmdlm.pipeline import save_model_folder
 
 runner = CliRunner()
 
@@ -40,22 +35,6 @@ def test_encode_command_reports_bad_input(tmp_path: Path) -> None:
     assert unknown.exit_code == 2 and "encoder.name" in unknown.output
 
 
-@pytest.fixture(scope="module")
-def model_dir(latent_dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    _, data_dir = latent_dataset
-    family = get_family("mmdit")
-    spec = MMDiTSpec(
-        model=MMDiTConfig(hidden_size=32, n_blocks=1, n_heads=2, cond_dim=32, max_seq_len=16, latent_dim=384)
-    )
-    data = family.open_dataset(spec, data_dir)
-    built = family.build(spec, data.vocab)
-    family.bind_dataset(built, data)
-    return save_model_folder(
-        tmp_path_factory.mktemp("m") / "model", spec=spec, vocab=data.vocab, state_dict=built.model.state_dict(),
-        tokenizer_dir=data_dir / "tokenizer", extras=built.extras,
-    )  # fmt: skip
-
-
 def test_sample_modes(model_dir: Path, tmp_path: Path) -> None:
     base = ["sample", str(model_dir), "--steps", "3", "--latent-steps", "3", "--device", "cpu"]
     joint = runner.invoke(app, [*base, "-n", "2", "--json"])
@@ -74,4 +53,3 @@ def test_sample_modes(model_dir: Path, tmp_path: Path) -> None:
     assert from_text.exit_code == 0 and "1 samples (l2t)" in from_text.output
     bad = runner.invoke(app, [*base, "--mode", "t2l"])
     assert bad.exit_code == 2 and "needs texts" in bad.output
-    torch.manual_seed(0)
