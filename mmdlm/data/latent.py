@@ -102,7 +102,9 @@ class LatentManifest(_Record):
     normalization: LatentNormalization
     unit: Literal["row"] = "row"
     source: dict[str, Any] = Field(description="the corpus, as the source dataset's manifest describes it")
-    source_dataset: dict[str, Any] = Field(default_factory=dict, description="the `dataset` encoded: format, path, sha256")
+    source_dataset: dict[str, Any] = Field(
+        default_factory=dict, description="the `dataset` encoded: format, path, sha256"
+    )
     tokenizer: TokenizerInfo
     special_tokens: SpecialTokens
     seq_len: int
@@ -340,6 +342,16 @@ def plan_shards(split_rows: dict[str, int], shard_rows: int) -> list[ShardPlan]:
     return plan
 
 
+def worker_shard_range(num_shards: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Contiguous block of shards for worker `rank` of `world_size`: floor(N / W) each, the last worker
+    also takes the remainder (spec §8; N = 10, W = 3 -> [0, 3), [3, 6), [6, 10))."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), got rank={rank} world_size={world_size}")
+    per = num_shards // world_size
+    start = rank * per
+    return start, num_shards if rank == world_size - 1 else start + per
+
+
 def encode_dataset(
     config: EncodeConfig,
     source_dir: str | Path,
@@ -387,8 +399,16 @@ def encode_dataset(
         done = 0
         report(0, total_rows, "encoding")
         for shard in todo:
-            _encode_shard(out, shard, chosen[shard.split], source.split(shard.split), tokenizer, enc, config,
-                          fingerprint)
+            _encode_shard(
+                out,
+                shard,
+                chosen[shard.split],
+                source.split(shard.split),
+                tokenizer,
+                enc,
+                config,
+                fingerprint,
+            )
             done += shard.row_stop - shard.row_start
             report(done, total_rows, "encoding")
     manifest = None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mmdlm.config.latent import EncoderConfig
-from mmdlm.data.latent import LatentDataset, check_latent_dim, encode_dataset, plan_shards
+from mmdlm.data.latent import LatentDataset, check_latent_dim, encode_dataset, plan_shards, worker_shard_range
 from mmdlm.data.loader import BatchLoader
 from mmdlm.data.tokens import TokenDataset
 from mmdlm.encoders import load_encoder
@@ -157,3 +157,12 @@ def test_open_refuses_token_dataset(latent_dataset: tuple[Path, Path]) -> None:
         LatentDataset.open(out / "source")
     record = json.loads((out / "train" / "shard-00000.json").read_text())
     assert record["rows"] == 8 and len(record["latents"]["sha256"]) == 64
+
+
+def test_worker_blocks_cover_the_job_once() -> None:
+    """Spec §13: N = 10, W = 3 -> [0, 3), [3, 6), [6, 10)."""
+    assert [worker_shard_range(10, r, 3) for r in range(3)] == [(0, 3), (3, 6), (6, 10)]
+    covered = [i for r in range(4) for i in range(*worker_shard_range(9, r, 4))]
+    assert covered == list(range(9))
+    with pytest.raises(ValueError, match="rank"):
+        worker_shard_range(10, 3, 3)
