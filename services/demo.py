@@ -136,9 +136,80 @@ def train_step(ctx: DemoContext) -> None:
     )
 
 
+DEMO_SAMPLE = {"steps": 64, "temperature": 1.0, "top_p": 0.95, "seed": 0}
+DEMO_EVALUATE = {  # small: 8 samples of 128 tokens, 32 steps (+ a sweep at 8 and 32), 4 NLL batches
+    "kind": "evaluate", "batch_size": 16, "max_batches": 4, "num_time_samples": 2, "seed": 0,
+    "generative": {"sample": {"num_samples": 8, "steps": 32, "seed": 0}, "steps_sweep": [8, 32],
+                   "reference_batch_size": 8, "num_examples": 2},
+}  # fmt: skip
+
+
+def generate_step(ctx: DemoContext) -> None:
+    """Samples through the REST API (gateway -> sampler service): a prompt continued by the model, its
+    sampling numbers, and the same request as an OpenAI-style completion."""
+    model = ctx.artifacts["model"]
+    ctx.console.rule("[bold]generate[/bold]  POST /v1/generate")
+    out = ctx.client.request(
+        "POST", "/v1/generate", json={"model": model, "prompt": "In the beginning", "num_samples": 3, **DEMO_SAMPLE}
+    )
+    for sample in out["samples"]:
+        ctx.console.print(f"  [{sample['index']}] {sample['text'][:160]!r}", highlight=False)
+    ctx.console.print(
+        f"{out['family']} {out['mode']}: {out['tokens']} tokens in {out['elapsed_s']:.2f}s "
+        f"({out['tokens_per_s']:.0f} tokens/s), {out['steps']} steps, {out['nfe']} network calls, "
+        f"seed {out['seed']}, {out['settings']['sampler_precision']} sampler, batch of {out['batch_requests']}",
+        highlight=False,
+    )
+    completion = ctx.client.request(
+        "POST", "/v1/completions",
+        json={"model": model, "prompt": "The king said", "max_tokens": 24, "n": 1, "seed": 1, "steps": 32},
+    )  # fmt: skip
+    choice = completion["choices"][0]
+    ctx.console.print(
+        f"POST /v1/completions: {choice['text'][:160]!r} (finish {choice['finish_reason']}, "
+        f"usage {completion['usage']})",
+        highlight=False,
+    )
+
+
+def evaluate_step(ctx: DemoContext) -> None:
+    """An `evaluate` job: validation NLL/PPL, generative PPL with its entropy under the reference LM, the
+    same on real validation rows, a steps sweep; every number printed with its protocol."""
+    spec = {**DEMO_EVALUATE, "model": ctx.artifacts["model"], "dataset": ctx.artifacts["dataset"]}
+    job = ctx.run_job(spec, title="evaluate")
+    [evaluation] = [a for a in job["artifacts"] if ctx.client.artifact(a)["kind"] == "evaluation"]
+    ctx.artifacts["evaluation"] = evaluation
+    document = json.loads(ctx.client.download(evaluation))
+    report, summary = document["report"], document["summary"]
+    gen = report["generative"]
+    proto = gen["protocol"]
+    table = Table("metric", "value", "protocol", title=f"evaluation {evaluation} of model {document['model']}")
+    if "nll" in report:
+        nll = report["nll"]["protocol"]
+        table.add_row("validation PPL", f"{summary['val_ppl']:.2f}",
+                      f"{nll['estimator']} bound, {nll['num_time_samples']} time samples, {nll['split']} split, "
+                      f"context {nll['context_length']}")  # fmt: skip
+    table.add_row("generative PPL", f"{summary['gen_ppl']:.2f}",
+                  f"{proto['num_samples']} samples, {proto['sampling_steps']} steps, {proto['sampler_precision']} "
+                  f"sampler, {proto['precision']} network")  # fmt: skip
+    table.add_row("  sample entropy", f"{summary['gen_entropy']:.3f} nats", "unigram, per sample (mean)")
+    if "data_gen_ppl" in summary:
+        table.add_row("real rows: gen PPL", f"{summary['data_gen_ppl']:.2f}",
+                      f"entropy {summary['data_entropy']:.3f} nats (what data scores under this reference)")  # fmt: skip
+    for row in report.get("sweep", {}).get("rows", []):
+        steps = row["protocol"]["sampling_steps"]
+        table.add_row(f"  sweep {steps} steps", f"{row['gen_ppl']:.2f}", f"entropy {row['unigram_entropy']:.3f} nats")
+    ctx.console.print(table)
+    ctx.console.print(f"reference model: {proto['reference_model']}", highlight=False)
+    for note in proto.get("notes", []):
+        ctx.console.print(f"note: {note}", style="dim", highlight=False)
+
+
 STEPS: list[DemoStep] = [
     DemoStep("prepare-data", prepare_data_step, "tokenize the bundled English corpus (gpt2, seq_len 128)"),
     DemoStep("train", train_step, "train a tiny MDLM as a `train` job: torchrun, 2 ranks, live progress"),
+    DemoStep("generate", generate_step, "sample the model through the REST API (gateway -> sampler service)"),
+    DemoStep("evaluate", evaluate_step, "an `evaluate` job: NLL, generative PPL + entropy, steps sweep, protocol"),
 ]
 
 
@@ -199,13 +270,16 @@ def run_demo(console: Console, steps: list[DemoStep] | None = None, settings: Se
     with Database(settings.database_url).begin() as session:
         _, token = create_token(session, "demo", token_name="mmdlm demo")
     port = _free_port()
+    sampler_port = _free_port()
     logs = settings.home / "demo"
     env = {**os.environ, "MMDLM_HOME": str(settings.home), "MMDLM_API_PORT": str(port),
+           "MMDLM_SAMPLER_PORT": str(sampler_port), "MMDLM_SAMPLER_URL": f"http://127.0.0.1:{sampler_port}",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
     console.print(f"[bold]MM-DLM demo[/bold]: embedded API on 127.0.0.1:{port}, files under {settings.home}")
     procs = [
         _spawn(["serve", "--host", "127.0.0.1", "--port", str(port)], logs / "api.log", env),
         _spawn(["worker", "--queues", "encode,train,sample"], logs / "worker.log", env),
+        _spawn(["serve-sampler", "--host", "127.0.0.1"], logs / "sampler.log", env),
     ]
     client = Client(f"http://127.0.0.1:{port}", token, timeout_s=60)
     ctx = DemoContext(client=client, token=token, settings=settings, console=console)
