@@ -158,14 +158,16 @@ def model_metadata(folder: Path) -> dict[str, Any]:
 
 @contextmanager
 def sampler_process(
-    platform: Platform, port: int, timeout_s: float = 60.0
+    platform: Platform, port: int, timeout_s: float = 60.0, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`mmdlm serve-sampler` with the platform's settings (the API was started with MMDLM_SAMPLER_URL)."""
+    """`mmdlm serve-sampler` with the platform's settings (the API was started with MMDLM_SAMPLER_URL);
+    `env` overrides settings of this process only."""
     log = platform.workdir / "sampler.log"
     with log.open("ab") as handle:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "serve-sampler", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=handle, stderr=subprocess.STDOUT, env=platform.process_env({}), cwd=REPO, start_new_session=True,
+            stdout=handle, stderr=subprocess.STDOUT, env=platform.process_env(env or {}), cwd=REPO,
+            start_new_session=True,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + timeout_s
