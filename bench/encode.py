@@ -43,16 +43,6 @@ def sentences(n: int) -> list[str]:
     return out[:n]
 
 
-def timed(fn, repeats: int) -> tuple[float, np.ndarray]:  # noqa: ANN001
-    fn()  # warm-up (allocator, one-time kernels)
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -79,9 +69,17 @@ def main() -> None:
         "mmdlm fp32": lambda: fp32.encode(texts),
         "mmdlm bf16 autocast": lambda: bf16.encode(texts),
     }
-    rows, outputs = [], {}
-    for name, fn in runs.items():
-        seconds, outputs[name] = timed(fn, args.repeats)
+    # round-robin repeats, so a change in machine load hits every path alike
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    outputs = {name: fn() for name, fn in runs.items()}  # warm-up
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            outputs[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    rows = []
+    for name in runs:
+        seconds = statistics.median(times[name])
         rows.append({"path": name, "median_s": seconds, "sentences_per_s": len(texts) / seconds})
     base = rows[0]["sentences_per_s"]
     for row in rows:

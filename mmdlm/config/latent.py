@@ -37,7 +37,8 @@ class EncoderConfig(StrictModel):
     """Task description for query-side instructions (qwen3); None uses the recipe default."""
     batch_size: int = Field(default=64, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 runs the encoder forward under autocast; pooling and outputs stay float32."""
+    """bf16: weights cast to bf16 once and the forward run under bf16 autocast (norms and softmax in
+    float32); pooling and outputs stay float32. fp32 matches sentence-transformers to 1e-5."""
     device: str = "cpu"
 
 

@@ -55,6 +55,9 @@ class HFSentenceEncoder:
         self.recipe = recipe
         self.tokenizer = tokenizer
         self.model = model.eval()
+        if config.precision == "bf16":
+            # cast once: under autocast alone every forward would re-cast each fp32 weight to bf16
+            self.model.to(torch.bfloat16)
         self.config = config
         self.source = source
         self.revision = revision
