@@ -122,6 +122,10 @@ class TrainConfig(StrictModel):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     steps: int = Field(1_000_000, ge=1)
     """Optimizer steps in total (resume continues until this step)."""
+    time_limit_s: float | None = Field(None, gt=0)
+    """Stop early once this many seconds of this process's loop have passed (checked at log steps, agreed
+    by all ranks): the run then validates, checkpoints and saves `final` as if `steps` were reached. The
+    schedule still assumes `steps`, so a time-limited run ends before the lr has decayed."""
     precision: Literal["bf16", "fp32"] = "bf16"
     """bf16: forward/backward under bf16 autocast; parameters, gradients and Adam states stay float32."""
     grad_clip: float | None = Field(1.0, gt=0.0)

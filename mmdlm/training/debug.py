@@ -88,6 +88,7 @@ def debug_train_config(
     run_dir: str | Path,
     *,
     size: str = "cpu-nano",
+    max_seq_len: int = 128,
     overrides: dict[str, Any] | None = None,
     **model_fields: Any,
 ) -> TrainConfig:
@@ -96,7 +97,7 @@ def debug_train_config(
     `model_fields` go into the family spec (e.g. `clusters=DIR` for HDLM); `overrides` is a nested
     mapping applied on top (e.g. `{"steps": 50, "data": {"batch_size": 4}}`).
     """
-    spec: dict[str, Any] = {"family": family, "model": {"preset": size, "max_seq_len": 128}, **model_fields}
+    spec: dict[str, Any] = {"family": family, "model": {"preset": size, "max_seq_len": max_seq_len}, **model_fields}
     base: dict[str, Any] = {
         "model": spec,
         "data": {"dataset": str(dataset), "batch_size": 16, "shuffle": True},

@@ -267,6 +267,7 @@ class Trainer:
             self.logger.log({"event": "resume", "step": self.state.step, "from": str(self.resumed_from)})
         acc: dict[str, Tensor] = {}
         last_metrics: dict[str, Any] = {}
+        self._loop_start = time.perf_counter()
         train_time = 0.0
         steps_in_window = 0
         try:
@@ -295,6 +296,10 @@ class Trainer:
                     train_time += time.perf_counter() - t0
                     last_metrics = self._log_train(acc, lr, train_time, steps_in_window)
                     acc, train_time, steps_in_window = {}, 0.0, 0
+                    if last_metrics.pop("time_up", False) and not done:
+                        log.info("time_limit_s reached at step %d: finishing the run", self.state.step)
+                        self.logger.log({"event": "time_limit", "step": self.state.step})
+                        done = True
                 else:
                     train_time += time.perf_counter() - t0
                 if self.state.step % cfg.eval.interval == 0 or done:
@@ -303,6 +308,8 @@ class Trainer:
                         self.save_checkpoint()
                 if (self.state.step % cfg.checkpoint.interval == 0 or done) and not self._saved_at_step():
                     self.save_checkpoint()
+                if done:
+                    break
             final_dir = self.save_final() if cfg.save_final else None
         finally:
             self.logger.close()
@@ -317,8 +324,12 @@ class Trainer:
 
     def _log_train(self, acc: dict[str, Tensor], lr: float, train_time: float, steps: int) -> dict[str, Any]:
         keys = sorted(k for k in acc if k != "grad_norm")
-        packed = all_reduce_sum(torch.stack([acc[k].double() for k in keys]))
-        values = dict(zip(keys, packed.tolist(), strict=True))
+        limit = self.config.time_limit_s
+        time_up = self.dist.is_main and limit is not None and time.perf_counter() - self._loop_start > limit
+        # rank 0's clock decides for everyone, riding on the metrics all-reduce (no extra collective)
+        packed = torch.stack([*(acc[k].double() for k in keys), torch.tensor(float(time_up), device=self.device)])
+        packed = all_reduce_sum(packed).tolist()
+        values = dict(zip(keys, packed[:-1], strict=True))
         tokens = values.pop("tokens")
         skipped = values.pop("skipped") / self.dist.world_size  # identical on every rank
         self._sync_tokens()
@@ -335,7 +346,7 @@ class Trainer:
             time=time.time(),
         )
         self.logger.log(record)
-        return record
+        return {**record, "time_up": packed[-1] > 0}
 
     def _sync_tokens(self) -> None:
         """Collective: fold every rank's unsynced token count into state.tokens_seen."""
