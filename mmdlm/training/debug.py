@@ -97,7 +97,11 @@ def debug_train_config(
     `model_fields` go into the family spec (e.g. `clusters=DIR` for HDLM); `overrides` is a nested
     mapping applied on top (e.g. `{"steps": 50, "data": {"batch_size": 4}}`).
     """
-    spec: dict[str, Any] = {"family": family, "model": {"preset": size, "max_seq_len": max_seq_len}, **model_fields}
+    spec: dict[str, Any] = {
+        "family": family,
+        "model": {"preset": size, "max_seq_len": max_seq_len},
+        **model_fields,
+    }
     base: dict[str, Any] = {
         "model": spec,
         "data": {"dataset": str(dataset), "batch_size": 16, "shuffle": True},

@@ -327,7 +327,9 @@ class Trainer:
         limit = self.config.time_limit_s
         time_up = self.dist.is_main and limit is not None and time.perf_counter() - self._loop_start > limit
         # rank 0's clock decides for everyone, riding on the metrics all-reduce (no extra collective)
-        packed = torch.stack([*(acc[k].double() for k in keys), torch.tensor(float(time_up), device=self.device)])
+        packed = torch.stack(
+            [*(acc[k].double() for k in keys), torch.tensor(float(time_up), device=self.device)]
+        )
         packed = all_reduce_sum(packed).tolist()
         values = dict(zip(keys, packed[:-1], strict=True))
         tokens = values.pop("tokens")
