@@ -9,14 +9,9 @@ Peak: the same run times `torch.matmul` of two n x n matrices (n = --gemm-size) 
 takes 2 n^3 / t (median of repeats) as that precision's peak. MFU = model FLOP/s / peak of the same
 precision.
 
-FLOPs per training step (stated, not estimated from parameter counts):
-    3 x F_linear + 3 x F_attention
-    F_linear    = 2 x (in_features x out_features) x (rows it was applied to), summed over every nn.Linear
-                  call of one forward, counted with forward hooks (per-token layers and the per-sequence
-                  adaLN/time MLP alike; the embedding lookup is not a matmul);
-    F_attention = 4 x B x L^2 x d per block (scores and values), full L x L also for the causal AR model;
-    the factor 3 is forward + backward (2 x forward). For a plain transformer this is the familiar
-    6 N tokens + 12 n_layers d L tokens.
+FLOPs per training step (`mmdlm.training.flops`, counted with hooks, not estimated from parameter counts):
+    3 x F_linear + 3 x F_attention, F_linear = every nn.Linear call of one forward (2 x in x out x rows),
+    F_attention = 4 B L^2 d per block; i.e. 6 N tokens + 12 n_layers d L tokens for a plain transformer.
 
     python bench/train.py [--size tiny --seq-len 512 --batch-size 4 --steps 4 --families mdlm,ar]
 """
@@ -38,12 +33,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 import mmdlm  # noqa: E402
 from mmdlm.config.data import PrepareDataConfig  # noqa: E402
 from mmdlm.data import prepare_dataset  # noqa: E402
 from mmdlm.training.debug import debug_train_config  # noqa: E402
+from mmdlm.training.flops import train_step_flops  # noqa: E402
 from mmdlm.training.trainer import Trainer  # noqa: E402
 
 
@@ -68,35 +63,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def forward_linear_flops(model: nn.Module, run_forward) -> int:  # type: ignore[no-untyped-def]
-    """Matmul FLOPs of every nn.Linear call during one forward (2 x in x out per row it is applied to)."""
-    total = 0
-
-    def hook(module: nn.Linear, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
-        nonlocal total
-        rows = inputs[0].numel() // module.in_features
-        total += 2 * rows * module.in_features * module.out_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
-    try:
-        with torch.no_grad():
-            run_forward()
-    finally:
-        for h in handles:
-            h.remove()
-    return total
-
-
 def step_flops(trainer: Trainer, batch: dict[str, torch.Tensor]) -> float:
-    model = trainer.raw_model
-    batch = {k: v.to(trainer.device) for k, v in batch.items()}
-    linear = forward_linear_flops(
-        model, lambda: trainer.objective(model, batch, torch.Generator(trainer.device))
-    )
     cfg = trainer.config.model.model
-    B, L = batch["input_ids"].shape
-    attention = 4 * B * L * L * cfg.hidden_size * cfg.n_blocks
-    return 3.0 * (linear + attention)
+    return train_step_flops(trainer.raw_model, trainer.objective, batch, cfg.hidden_size, cfg.n_blocks)
 
 
 def bench_family(family: str, args: argparse.Namespace, dataset: Path, clusters: Path | None, precision: str,
