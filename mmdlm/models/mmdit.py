@@ -228,6 +228,8 @@ def joint_key_mask(
             other = other & ~drop_other.bool()[:, None]
         keys.append(other)
     mask = torch.cat(keys, dim=1)
+    if bool(mask.all()):  # nothing hidden: SDPA's unmasked kernel is faster
+        return None
     mask = mask | ~mask.any(dim=1, keepdim=True)
     return mask[:, None, None, :]
 
