@@ -109,8 +109,11 @@ def job_path(
     args: argparse.Namespace, dataset: Path, root: Path, workers: int, backend: Backend
 ) -> tuple[float, float, int]:
     threads = max(1, args.threads // workers)
-    env = {"OMP_NUM_THREADS": str(threads), "MMDLM_LOG_LEVEL": "WARNING"}
-    with Platform(backend, root / f"platform-{workers}", workers_queues=[["encode"]] * workers, env=env) as p:
+    env = {"OMP_NUM_THREADS": str(threads)}
+    with Platform(backend, root / f"platform-{workers}", workers_queues=[], env=env) as p:
+        started = [p.add_worker(["encode"], wait_ready=False) for _ in range(workers)]
+        for worker in started:  # a loaded machine may take a while to import torch in a fresh process
+            p.wait_worker_ready(worker, timeout_s=600)
         source = publish_folder(p, dataset, kind="dataset")
         warm = p.client.submit({"kind": "encode", "dataset": source, **_config(args, rows=args.shard_rows)})
         assert p.wait(warm["id"], timeout_s=600)["status"] == "succeeded"
