@@ -104,7 +104,7 @@ def run(ctx: JobContext) -> None:
     plan = plan_for(config, source_dir)
     if not plan:
         raise PermanentError("the source has no rows to encode")
-    step = spec.shards_per_task
+    step = spec.task_shards()
     tasks = [(a, min(a + step, len(plan))) for a in range(0, len(plan), step)]
     children = _create_children(ctx, source_id, config, tasks, len(plan))
     ctx.on_cancel(lambda: [lifecycle.request_cancel(ctx.db, child) for child in children])

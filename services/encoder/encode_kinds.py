@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from services.common.auth import Principal
 
 MAX_TEXT_CHARS = 100_000
+MIN_TASK_ROWS = 2048
 
 
 class EncodeSpec(EncodeConfig):
@@ -40,8 +41,10 @@ class EncodeSpec(EncodeConfig):
     """Id of a `dataset` artifact (see POST /v1/jobs kind prepare-data)."""
     texts: list[str] | None = Field(None, min_length=2)
     """Texts to encode (one document each); for large corpora prepare a dataset first."""
-    shards_per_task: int = Field(1, ge=1, le=100_000)
-    """Shards per `encode-shard` task: the unit a worker claims (a crash redoes at most its unfinished shards)."""
+    shards_per_task: int | None = Field(None, ge=1, le=100_000)
+    """Shards per `encode-shard` task: the unit a worker claims (a crash redoes at most its unfinished shards).
+    None: enough shards for about MIN_TASK_ROWS rows, since every task pays a fixed set-up (claim, source
+    checks, tokenizer load: a few hundred ms)."""
 
     @field_validator("texts")
     @classmethod
@@ -60,6 +63,9 @@ class EncodeSpec(EncodeConfig):
         if (self.dataset is None) == (self.texts is None):
             raise ValueError("give exactly one source: dataset (an artifact id) or texts")
         return self
+
+    def task_shards(self) -> int:
+        return self.shards_per_task or max(1, -(-MIN_TASK_ROWS // self.shard_rows))
 
     def encode_config(self) -> EncodeConfig:
         return EncodeConfig.model_validate(self.model_dump(include=set(EncodeConfig.model_fields)))
