@@ -68,7 +68,7 @@ def _prompt_ids(
 
 def build_jobs(service: SamplerService, model: LoadedModel, req: CompletionRequest) -> list[PromptJob]:
     """Validate every prompt and build its job (runs in a thread: tokenizing may be slow)."""
-    from services.sampler.resolve import check_ids, resolve
+    from services.sampler.resolve import check_ids
 
     params = SamplingParams.model_validate(req.model_dump(include=set(SamplingParams.model_fields)))
     bos = model.pipe.vocab.bos_id
@@ -91,9 +91,7 @@ def build_jobs(service: SamplerService, model: LoadedModel, req: CompletionReque
                 raise RequestError(
                     "max_tokens", f"{req.max_tokens} exceeds the model's max_seq_len of {model.max_seq_len}"
                 )
-            job = resolve(
-                model, GenerateRequest(**common, mode="l2t", seq_len=req.max_tokens), service.config
-            )
+            job = _resolve(model, GenerateRequest(**common, mode="l2t", seq_len=req.max_tokens), service)
             out.append(PromptJob(i, model, job, text, 0, 0, req.max_tokens))
             continue
         given = 1 + len(ids) + len(suffix)
@@ -110,16 +108,31 @@ def build_jobs(service: SamplerService, model: LoadedModel, req: CompletionReque
             if model.kind == "ar":
                 raise RequestError("suffix", "an AR model cannot infill between a prompt and a suffix")
             # the infill template is built from ids directly: [BOS] prompt [max_tokens gaps] suffix
-            job = resolve(
-                model, GenerateRequest(**common, mode="unconditional", seq_len=total), service.config
-            )
+            job = _resolve(model, GenerateRequest(**common, mode="unconditional", seq_len=total), service)
             template = [bos, *ids, *([-1] * req.max_tokens), *suffix]
             job.mode, job.infill, job.given = "infill", torch.tensor(template, dtype=torch.long), given
         else:
-            job = resolve(model, GenerateRequest(**common, mode="prefix", seq_len=total, prompt_ids=[bos, *ids]),
-                          service.config)  # fmt: skip
+            job = _resolve(
+                model,
+                GenerateRequest(**common, mode="prefix", seq_len=total, prompt_ids=[bos, *ids]),
+                service,
+            )
         out.append(PromptJob(i, model, job, text, len(ids) + len(suffix), 1 + len(ids), req.max_tokens))
     return out
+
+
+# the completion fields a generation request's fields come from, for error messages
+_FIELDS = {"num_samples": "n", "seq_len": "max_tokens", "prompt_ids": "prompt", "mode": "prompt"}
+
+
+def _resolve(model: LoadedModel, gen: GenerateRequest, service: SamplerService) -> GenJob:
+    from services.sampler.resolve import resolve
+
+    try:
+        return resolve(model, gen, service.config, service.encoders)
+    except RequestError as exc:
+        field = _FIELDS.get(exc.field, exc.field)
+        raise RequestError(field, exc.message.replace("num_samples", "n"), exc.status) from None
 
 
 # --- turning rows into completions ------------------------------------------------------------------------------

@@ -79,6 +79,9 @@ def test_prompt_plus_max_tokens_past_the_context_is_refused(load_model: Callable
             service, service.model, CompletionRequest(model="m", prompt="the king " * 30, max_tokens=1)
         )  # type: ignore[arg-type]
     assert info.value.field == "prompt"
+    with pytest.raises(RequestError) as info:
+        build_jobs(service, service.model, CompletionRequest(model="m", prompt="a", n=65, max_tokens=2))  # type: ignore[arg-type]
+    assert info.value.field == "n" and "limit of 64" in info.value.message
     ar = FakeService(load_model("ar"))
     with pytest.raises(RequestError) as info:
         build_jobs(ar, ar.model, CompletionRequest(model="m", prompt="a", suffix="b", max_tokens=4))  # type: ignore[arg-type]
