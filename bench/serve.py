@@ -55,7 +55,9 @@ def _args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--presets", nargs="+", default=["cpu-nano", "cpu-micro"], help="DiT size presets")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per sampler (the clients share the CPU)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads per sampler (the clients share the CPU)"
+    )
     p.add_argument("--window-ms", type=float, default=5.0, help="MMDLM_SAMPLER_BATCH_WINDOW_MS")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve.json")
     return p.parse_args()

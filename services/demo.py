@@ -150,7 +150,9 @@ def generate_step(ctx: DemoContext) -> None:
     model = ctx.artifacts["model"]
     ctx.console.rule("[bold]generate[/bold]  POST /v1/generate")
     out = ctx.client.request(
-        "POST", "/v1/generate", json={"model": model, "prompt": "In the beginning", "num_samples": 3, **DEMO_SAMPLE}
+        "POST",
+        "/v1/generate",
+        json={"model": model, "prompt": "In the beginning", "num_samples": 3, **DEMO_SAMPLE},
     )
     for sample in out["samples"]:
         ctx.console.print(f"  [{sample['index']}] {sample['text'][:160]!r}", highlight=False)
@@ -183,7 +185,9 @@ def evaluate_step(ctx: DemoContext) -> None:
     report, summary = document["report"], document["summary"]
     gen = report["generative"]
     proto = gen["protocol"]
-    table = Table("metric", "value", "protocol", title=f"evaluation {evaluation} of model {document['model']}")
+    table = Table(
+        "metric", "value", "protocol", title=f"evaluation {evaluation} of model {document['model']}"
+    )
     if "nll" in report:
         nll = report["nll"]["protocol"]
         table.add_row("validation PPL", f"{summary['val_ppl']:.2f}",
@@ -198,7 +202,9 @@ def evaluate_step(ctx: DemoContext) -> None:
                       f"entropy {summary['data_entropy']:.3f} nats (what data scores under this reference)")  # fmt: skip
     for row in report.get("sweep", {}).get("rows", []):
         steps = row["protocol"]["sampling_steps"]
-        table.add_row(f"  sweep {steps} steps", f"{row['gen_ppl']:.2f}", f"entropy {row['unigram_entropy']:.3f} nats")
+        table.add_row(
+            f"  sweep {steps} steps", f"{row['gen_ppl']:.2f}", f"entropy {row['unigram_entropy']:.3f} nats"
+        )
     ctx.console.print(table)
     ctx.console.print(f"reference model: {proto['reference_model']}", highlight=False)
     for note in proto.get("notes", []):
@@ -209,7 +215,9 @@ STEPS: list[DemoStep] = [
     DemoStep("prepare-data", prepare_data_step, "tokenize the bundled English corpus (gpt2, seq_len 128)"),
     DemoStep("train", train_step, "train a tiny MDLM as a `train` job: torchrun, 2 ranks, live progress"),
     DemoStep("generate", generate_step, "sample the model through the REST API (gateway -> sampler service)"),
-    DemoStep("evaluate", evaluate_step, "an `evaluate` job: NLL, generative PPL + entropy, steps sweep, protocol"),
+    DemoStep(
+        "evaluate", evaluate_step, "an `evaluate` job: NLL, generative PPL + entropy, steps sweep, protocol"
+    ),
 ]
 
 
