@@ -85,9 +85,9 @@ def sample(
             save_latents=save_latents, as_json=as_json,
         )  # fmt: skip
         return
-        out = run_guarded(generate)
-    for text, ids in zip(out.texts, out.ids.tolist(), strict=True):
-        typer.echo(json.dumps({"text": text, "ids": ids}) if as_json else f"{text}\n---")
+    out = run_guarded(generate)
+    for sample_text, ids in zip(out.texts, out.ids.tolist(), strict=True):
+        typer.echo(json.dumps({"text": sample_text, "ids": ids}) if as_json else f"{sample_text}\n---")
     typer.echo(f"{len(out.texts)} samples, {out.nfe} network calls, {out.elapsed_s:.2f}s", err=True)
 
 

@@ -75,6 +75,6 @@ def render_report(report: EvalReport, console: Console | None = None) -> None:
 
         for name, result in report.latent.items():
             console.print(f"[bold]latent {name}[/bold]: {summarize(result)}")
-        notes = {note for r in (report.nll, report.generative) if r is not None for note in r.protocol.notes}
+    notes = {note for r in (report.nll, report.generative) if r is not None for note in r.protocol.notes}
     for note in sorted(notes):
         console.print(f"[yellow]note:[/yellow] {note}")

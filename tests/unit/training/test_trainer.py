@@ -28,6 +28,21 @@ def test_single_process_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> Non
     assert (info.rank, info.world_size, info.distributed) == (0, 1, False)
 
 
+def test_bf16_keeps_float32_master_weights(debug_dataset: Path, tmp_path: Path) -> None:
+    """Spec bug 24: bf16 lives only inside autocast; weights and Adam moments stay float32, so an update far
+    below bf16 resolution (lr 1e-6 on O(0.02) weights) still changes them."""
+    trainer = _trainer(debug_dataset, tmp_path / "run", precision="bf16", optimizer={"lr": 1e-6},
+                       schedule={"warmup_steps": 0})  # fmt: skip
+    before = [p.detach().clone() for p in trainer.raw_model.parameters()]
+    trainer._train_step([next(trainer.train_loader)])
+    params = list(trainer.raw_model.parameters())
+    assert all(p.dtype == torch.float32 for p in params)
+    assert all(trainer.optimizer.state[p]["exp_avg_sq"].dtype == torch.float32 for p in params)
+    w0, w1 = before[1], params[1].detach()
+    changed = (w0 != w1) & (w0.bfloat16().float() == w1.bfloat16().float())
+    assert bool(changed.any())  # moved, yet invisible at bf16 resolution
+
+
 def _trainer(dataset: Path, run_dir: Path, family: str = "ar", **overrides: object) -> Trainer:
     return Trainer(debug_train_config(family, dataset, run_dir, overrides=dict(overrides)))
 
@@ -126,7 +141,8 @@ def test_prune_keeps_last_and_best(tmp_path: Path) -> None:
 
 
 def test_resume_after_crash_reproduces_uninterrupted_run(debug_dataset: Path, tmp_path: Path) -> None:
-    """MDLM (random times and masks) with EMA: N steps, crash, resume, M steps == N + M steps in one go."""
+    """Spec bug 4 (resume crashed and never restored Adam): MDLM (random times and masks) with EMA, N steps,
+    crash, resume, M steps == N + M steps in one go, bitwise (weights, optimizer, RNG, data position)."""
     overrides = {
         "steps": 8,
         "ema": {"enabled": True, "decay": 0.9},
