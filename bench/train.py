@@ -6,7 +6,8 @@ clipping, fused AdamW) runs on GPT-2-tokenized rows of the bundled corpus (V = 5
 V_r = 50,304 rows, HDLM 64 clusters more). Timed steps follow warm-up steps; medians are reported.
 
 Peak: the same run times `torch.matmul` of two n x n matrices (n = --gemm-size) in bf16 and in fp32 and
-takes 2 n^3 / t (median of repeats) as that precision's peak. MFU = model FLOP/s / peak of the same
+takes 2 n^3 / t (median of repeats) as that precision's peak; it is re-measured right before and after each
+row and the highest value kept (a shared machine's load drifts). MFU = model FLOP/s / peak of the same
 precision.
 
 FLOPs per training step (`mmdlm.training.flops`, counted with hooks, not estimated from parameter counts):
@@ -170,8 +171,12 @@ def main() -> int:
         dataset, clusters = prepare(workdir, args.seq_len, families)
         for family in families:
             for precision in precisions:
+                dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+                # the machine may be shared: measure the peak right before and after this row, keep the best
+                before = gemm_peak(dtype, args.gemm_size, 5, device)
                 row = bench_family(family, args, dataset, clusters, precision, workdir, args.device)
-                row["mfu"] = row["flops_per_s"] / peaks[precision]
+                row["peak_flops"] = max(before, gemm_peak(dtype, args.gemm_size, 5, device), peaks[precision])
+                row["mfu"] = row["flops_per_s"] / row["peak_flops"]
                 rows.append(row)
                 print(
                     f"{family:5s} {precision:5s} {row['tokens_per_s']:9.0f} tok/s  "
