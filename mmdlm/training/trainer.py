@@ -231,10 +231,14 @@ class Trainer:
         # grads hold sum over this rank's tokens, averaged over ranks by DDP: rescale to the global token mean
         global_tokens = all_reduce_sum(tokens.clone())
         params = [p for p in self.raw_model.parameters() if p.grad is not None]
+        grads = [p.grad for p in params]
         scale = (self.dist.world_size / global_tokens.clamp_min(1)).float()
-        torch._foreach_mul_([p.grad for p in params], scale)
-        max_norm = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        # one norm pass and one multiply: the token rescale and the clipping factor are folded together
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) * scale
+        factor = scale
+        if cfg.grad_clip is not None:
+            factor = scale * (cfg.grad_clip / (grad_norm + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, factor)
         found_inf = (~torch.isfinite(grad_norm)).float()
         self.optimizer.found_inf = found_inf  # read by the fused AdamW kernel: skips the whole update
         self.optimizer.step()
