@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -35,4 +36,5 @@ def train(
     from mmdlm.training import train as run_training
 
     result = run_guarded(lambda: run_training(cfg))
-    typer.echo(f"trained {result.step} steps ({result.tokens_seen} tokens); model: {result.final_dir}")
+    if int(os.environ.get("RANK", 0)) == 0:
+        typer.echo(f"trained {result.step} steps ({result.tokens_seen} tokens); model: {result.final_dir}")
