@@ -73,7 +73,11 @@ def sample(
         return pipe.generate(config, prompt=prompt, precision=precision)
 
     latent_options = (mode, text, latent, save_latents)
-    if any(o is not None for o in latent_options) or _family(model_dir) in ("mmdit", "latent-dit", "cross-dit"):
+    if any(o is not None for o in latent_options) or _family(model_dir) in (
+        "mmdit",
+        "latent-dit",
+        "cross-dit",
+    ):
         from mmdlm.cli.latent import sample_latent
         from mmdlm.eval.evaluate import resolve_device
         from mmdlm.pipeline import load_pretrained
