@@ -30,5 +30,7 @@ PREPARE_DATA = register(
     )
 )
 
-# `encode` and `encode-shard` (services/encoder/encode_kinds.py) register with the same import.
+# `encode` and `encode-shard` (services/encoder/encode_kinds.py) and `clusters`
+# (services/encoder/clusters_kinds.py) register with the same import.
+from services.encoder import clusters_kinds as _clusters_kinds  # noqa: E402, F401
 from services.encoder import encode_kinds as _encode_kinds  # noqa: E402, F401
