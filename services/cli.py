@@ -376,11 +376,15 @@ def artifact_download(
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="every step with a few steps and rows (MMDLM_DEMO_SCALE=smoke)")
+    ] = False,
+) -> None:
     """Start the embedded API and a worker, run the demo jobs, print what they produced."""
     from services.demo import run_demo
 
-    raise typer.Exit(run_demo(console))
+    raise typer.Exit(run_demo(console, scale="smoke" if quick else None))
 
 
 def _progress_text(job: dict[str, Any]) -> str:
