@@ -292,6 +292,10 @@ class LatentSampleConfig(StrictModel):
     """Return x0 re-normalised to unit norm (the encoder targets are unit vectors)."""
     seed: int = 0
 
+    def guided(self, guidance_scale: float | None) -> LatentSampleConfig:
+        """This config with another guidance scale (None keeps it)."""
+        return self if guidance_scale is None else self.model_copy(update={"guidance_scale": guidance_scale})
+
 
 class LatentEvalConfig(StrictModel):
     """Latent metrics `mmdlm eval` adds for the latent families (see `mmdlm.eval.latent`)."""
@@ -308,3 +312,9 @@ class LatentEvalConfig(StrictModel):
     sts_max_pairs: int | None = Field(default=None, ge=3)
     sample: LatentSampleConfig = Field(default_factory=LatentSampleConfig)
     """Sampler settings for both directions (its `mode` is set per metric)."""
+    l2t_guidance_scale: float | None = Field(default=None, ge=0.0)
+    """Classifier-free guidance for the round trip's text only (None: `sample.guidance_scale`): guidance
+    sharpens text generated from a latent, while the t2l mean is best unguided."""
+
+    def round_trip_sample(self) -> LatentSampleConfig:
+        return self.sample.guided(self.l2t_guidance_scale)

@@ -13,7 +13,6 @@ images, chosen by a seeded hash of the image index (an image is a document here)
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mmdlm.data.vocab import VocabInfo
+from mmdlm.paths import cache_dir
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TEMPLATES = ["a handwritten {}", "the digit {}", "a {} written by hand", "an image of a {}"]
@@ -40,7 +40,7 @@ def caption_words() -> list[str]:
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("MMDLM_CACHE_DIR", Path.home() / ".cache" / "mmdlm")) / "digits"
+    return cache_dir() / "digits"
 
 
 def build_caption_tokenizer(directory: Path) -> Any:

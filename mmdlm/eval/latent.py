@@ -286,7 +286,12 @@ def evaluate_latent(
         out["t2l"] = t2l_cosine(pipe, dataset, split=split, num_rows=config.t2l_rows, sample=config.sample)
     if dataset is not None and config.round_trip and encoder is not None:
         out["round_trip"] = l2t_round_trip(
-            pipe, dataset, split=split, num_rows=config.round_trip_rows, sample=config.sample, encoder=encoder
+            pipe,
+            dataset,
+            split=split,
+            num_rows=config.round_trip_rows,
+            sample=config.round_trip_sample(),
+            encoder=encoder,
         )
     if config.sts and pipe.family == "mmdit":
         out["sts"] = sts_correlation(

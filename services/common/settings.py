@@ -57,7 +57,10 @@ class Settings(BaseSettings):
 
     # --- workers and job lifecycle ----------------------------------------------------------------------
     work_dir: Path | None = Field(default=None, description="job scratch dirs; None = home/work")
-    cache_dir: Path | None = Field(default=None, description="staged artifacts; None = home/cache")
+    cache_dir: Path | None = Field(
+        default=None,
+        description="staged artifacts (under artifacts/; the library caches its reference LM and digits beside them); None = home/cache",
+    )
     lease_ttl_s: float = Field(default=60.0, gt=0, description="a silent worker loses its job after this")
     heartbeat_interval_s: float = Field(default=0.5, gt=0, description="lease renewal + flush + cancel poll")
     sweep_interval_s: float = Field(default=2.0, gt=0)

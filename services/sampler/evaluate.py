@@ -142,7 +142,8 @@ def _latent_family(
             phase("l2t")
             encoder = _encoder(pipe)
             latent["l2t"] = latent_eval.l2t_round_trip(
-                pipe, dataset, split=spec.split, num_rows=section.num_rows, sample=section.sample, encoder=encoder,
+                pipe, dataset, split=spec.split, num_rows=section.num_rows, sample=section.round_trip_sample(),
+                encoder=encoder,
                 batch_size=section.batch_size,
             )  # fmt: skip
     if spec.sts is not None:

@@ -84,6 +84,12 @@ class LatentEvalSection(StrictModel):
     batch_size: int = Field(32, ge=1)
     sample: LatentSampleConfig = Field(default_factory=LatentSampleConfig)
     """Sampling settings (text_steps, latent_steps, guidance ...); the mode is set per metric."""
+    l2t_guidance_scale: float | None = Field(None, ge=0.0)
+    """Classifier-free guidance for the round trip's text only (None: `sample.guidance_scale`). Guidance
+    sharpens text generated from a latent, while the t2l mean is best unguided (measured in the demo)."""
+
+    def round_trip_sample(self) -> LatentSampleConfig:
+        return self.sample.guided(self.l2t_guidance_scale)
 
 
 class StsPair(StrictModel):

@@ -41,11 +41,18 @@ if TYPE_CHECKING:
 
     from services.common.auth import Principal
 
-LATENT_FAMILIES = frozenset({"mmdit", "latent-dit", "cross-dit", "image-mmdit"})
+LATENT_FAMILIES = frozenset({"mmdit", "latent-dit", "cross-dit"})
 """Families whose training data is a `latent-dataset` (they implement `open_dataset`)."""
 
 
 _SERVICE_FIELDS = frozenset({"kind", "dataset", "nproc_per_node", "nnodes", "launcher", "kubeflow"})
+
+
+LIBRARY_ONLY_FAMILIES = {
+    "image-mmdit": "it trains on the bundled captioned digits, which have no artifact kind yet; "
+    "run `mmdlm train` with the library instead",
+}
+"""Families the library trains but the service cannot stage data for, with the reason shown to the user."""
 
 
 def dataset_kind(family: str) -> str:
@@ -113,9 +120,14 @@ class TrainSpec(StrictModel):
     def _known_family(cls, model: Any) -> Any:
         from mmdlm.families import names
 
-        if model.family not in names():
+        trainable = [name for name in names() if name not in LIBRARY_ONLY_FAMILIES]
+        if model.family in LIBRARY_ONLY_FAMILIES:
             raise ValueError(
-                f"family {model.family!r} has no trainable implementation yet; choose one of {', '.join(names())}"
+                f"family {model.family!r} cannot be trained as a job: {LIBRARY_ONLY_FAMILIES[model.family]}"
+            )
+        if model.family not in trainable:
+            raise ValueError(
+                f"family {model.family!r} has no trainable implementation yet; choose one of {', '.join(trainable)}"
             )
         return model
 

@@ -123,10 +123,14 @@ def _children(cluster: Platform, parent: str) -> list[dict[str, Any]]:
 
 def _victim(cluster: Platform, parent: dict[str, Any]) -> tuple[Worker, dict[str, Any]] | None:
     """A worker that runs one of the job's shard tasks and is not the worker holding the parent."""
-    if parent["status"] != "running" or (parent["progress"]["step"] or 0) < 1:
+    if parent["status"] != "running":
+        return None
+    children = _children(cluster, parent["id"])
+    if not any(child["status"] == "succeeded" for child in children):
         return None  # wait for a shard in the store first, so the kill lands mid-job
+    # (not the parent's progress: the parent's process may be busy encoding a shard task itself)
     holder = cluster.worker_running(parent)
-    for child in _children(cluster, parent["id"]):
+    for child in children:
         if child["status"] == "running" and child["worker"]:
             worker = cluster.worker_running(child)
             if worker is not holder:

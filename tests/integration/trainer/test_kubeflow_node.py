@@ -59,6 +59,8 @@ def test_node_agent_trains_through_c10d_and_stores_everything(tiny_dataset: Path
     args[split:split] = ["--dir", str(node_dir)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMDLM_")}
     env.update(MMDLM_HOME=str(home), OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[3]))
+    # the image puts the environment's scripts (torchrun) on PATH; so does an activated venv
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     result = subprocess.run([sys.executable, *args[1:]], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
