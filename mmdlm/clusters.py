@@ -5,6 +5,8 @@ Artifact directory `clusters/`:
                       method (k-means parameters, iterations, converged), sizes, excluded_ids, files (sha256)
     cluster_map.npy   (V,) int64 local cluster id of every tokenizer id; -1 for ids without a cluster ([MASK])
     centroids.npy     (C, d) float32
+    token_embeddings.npy  (V, d) float32, only for clusters of a checkpoint: the embeddings that were
+                      clustered, so `embed_init=centroids` needs nothing but this folder
 
 Embedding sources: a trained checkpoint's input embedding matrix (`embeddings_from_checkpoint`) or a sentence
 encoder's input (word-piece) embeddings (`embeddings_from_encoder`; the default is the offline all-MiniLM-L6-v2
@@ -55,11 +57,13 @@ class Clusters:
     cluster_map: (V,) int64 local ids in [0, C), -1 for excluded ids.
     centroids:   (C, d) float32.
     manifest:    provenance (see module docstring).
+    token_embeddings: (V, d) float32 of the checkpoint that was clustered, or None (encoder source).
     """
 
     cluster_map: np.ndarray
     centroids: np.ndarray
     manifest: dict[str, Any] = field(default_factory=dict)
+    token_embeddings: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.cluster_map = np.asarray(self.cluster_map, dtype=np.int64)
@@ -93,6 +97,10 @@ class Clusters:
         directory.mkdir(parents=True, exist_ok=True)
         np.save(directory / "cluster_map.npy", self.cluster_map)
         np.save(directory / "centroids.npy", self.centroids)
+        names = ["cluster_map.npy", "centroids.npy"]
+        if self.token_embeddings is not None:
+            np.save(directory / "token_embeddings.npy", np.asarray(self.token_embeddings, dtype=np.float32))
+            names.append("token_embeddings.npy")
         sizes = self.sizes()
         manifest = {
             **self.manifest,
@@ -108,7 +116,7 @@ class Clusters:
                     "sha256": _sha256(directory / name),
                     "bytes": (directory / name).stat().st_size,
                 }
-                for name in ("cluster_map.npy", "centroids.npy")
+                for name in names
             ],
         }
         self.manifest = manifest
@@ -143,7 +151,13 @@ class Clusters:
                     raise ValueError(
                         f"{directory / entry['path']}: sha256 differs from manifest.json (corrupt copy)"
                     )
-        clusters = cls(np.load(directory / "cluster_map.npy"), np.load(directory / "centroids.npy"), manifest)
+        tokens = directory / "token_embeddings.npy"
+        clusters = cls(
+            np.load(directory / "cluster_map.npy"),
+            np.load(directory / "centroids.npy"),
+            manifest,
+            np.load(tokens) if tokens.is_file() else None,
+        )
         if vocab_size is not None and vocab_size != clusters.vocab_size:
             raise ClusterVocabularyError(
                 f"clusters in {directory} cover {clusters.vocab_size} token ids but the model's tokenizer has "
@@ -423,7 +437,7 @@ def clusters_for_tokenizer(
         path = encoder or default_encoder_path()
         embeddings = embeddings_from_encoder(tokenizer, path)
         source = {"kind": "encoder", "path": str(path)}
-    return compute_clusters(
+    clusters = compute_clusters(
         embeddings,
         num_clusters,
         source=source,
@@ -431,6 +445,9 @@ def clusters_for_tokenizer(
         fingerprint=tokenizer_fingerprint(tokenizer),
         **kmeans,
     )
+    if checkpoint is not None:  # HDLM's embed_init=centroids also copies them; the checkpoint may not travel
+        clusters.token_embeddings = np.asarray(embeddings, dtype=np.float32)
+    return clusters
 
 
 def init_embeddings_from_clusters(

@@ -128,8 +128,8 @@ class HDLMFamily(DiscreteFamily[HDLMSpec]):
         if spec.embed_init == "centroids":
             clusters = extras["clusters"]
             source = clusters.manifest.get("source", {})
-            tokens = None
-            if source.get("kind") == "checkpoint":
+            tokens = clusters.token_embeddings
+            if tokens is None and source.get("kind") == "checkpoint":  # folders written before they were kept
                 tokens = embeddings_from_checkpoint(
                     source["path"], process.layout.vocab_size, source["tensor"]
                 )

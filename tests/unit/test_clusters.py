@@ -153,3 +153,31 @@ def test_checkpoint_embeddings_and_centroid_init(tmp_path) -> None:
         init_embeddings_from_clusters(fresh.embed.weight, narrow, 100)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         embeddings_from_checkpoint(tmp_path / "nope", 100)
+
+
+def test_checkpoint_clusters_carry_their_token_embeddings(tmp_path) -> None:
+    """embed_init=centroids copies the clustered checkpoint's token rows; a job may train on another machine
+    than the one that clustered, so the artifact holds them and the checkpoint can be gone."""
+    import shutil
+
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from mmdlm.config.model import DiTConfig
+    from mmdlm.models.dit import DiT
+
+    model = DiT(DiTConfig.model_validate("cpu-nano"), 128)
+    (tmp_path / "ckpt").mkdir()
+    save_file(model.state_dict(), tmp_path / "ckpt" / "model.safetensors")
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(100)}, unk_token="w0"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words)
+    clusters = clusters_for_tokenizer(tokenizer, 4, mask_id=99, checkpoint=tmp_path / "ckpt")
+    clusters.save(tmp_path / "clusters")
+    shutil.rmtree(tmp_path / "ckpt")
+    loaded = Clusters.load(tmp_path / "clusters", tokenizer=tokenizer)
+    assert "token_embeddings.npy" in {f["path"] for f in loaded.manifest["files"]}
+    assert loaded.token_embeddings is not None
+    np.testing.assert_array_equal(loaded.token_embeddings, model.embed.weight.detach().numpy()[:100])
+    from_encoder = Clusters(clusters.cluster_map, clusters.centroids, {})
+    assert Clusters.load(from_encoder.save(tmp_path / "plain")).token_embeddings is None
