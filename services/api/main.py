@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="MM-DLM",
         version=mmdlm.__version__,
-        description="Submit and track diffusion-LM jobs (prepare-data, encode, train, sample, evaluate).",
+        description="Submit and track diffusion-LM jobs (prepare-data, encode, clusters, train, sample, evaluate).",
         max_body_size=settings.max_body_bytes,
         lifespan=lifespan,
     )
