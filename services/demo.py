@@ -43,6 +43,7 @@ from rich.table import Table
 
 from mmdlm.config.base import load_mapping
 from mmdlm.config.presets import preset_path
+from mmdlm.demo_latent import L2T_GUIDANCE
 from mmdlm.demo_latent import MODEL as LATENT_MODEL
 from mmdlm.demo_latent import OBJECTIVE as LATENT_OBJECTIVE
 from services.common.auth import create_token
@@ -72,8 +73,8 @@ class DemoScale:
 
 
 SCALES = {
-    # ~8 minutes on 2 shared CPU cores (see README: the measured wall time and its load)
-    "full": DemoScale("full", None, 150, 32, 2, 4, 16, 32, 2048, 300, 32, 48),
+    # 284 s measured on 2 idle CPU cores (AVX-512, no bf16 units); leaves room for a shared machine
+    "full": DemoScale("full", None, 120, 32, 2, 4, 16, 32, 1536, 200, 32, 48),
     # every step with a handful of rows/steps: the end-to-end test (tests/integration/test_demo.py)
     "smoke": DemoScale("smoke", 600, 6, 8, 2, 1, 4, 8, 256, 6, 16, 8),
 }
@@ -469,7 +470,8 @@ def evaluate_latent_step(ctx: DemoContext) -> None:
     spec = {"kind": "evaluate", "model": ctx.artifacts["model:mmdit"], "dataset": ctx.artifacts["latent-dataset"],
             "batch_size": 32, "max_batches": 2, "num_time_samples": 1, "seed": 0, "generative": None,
             "latent": {"num_rows": s.latent_eval_rows, "batch_size": s.latent_eval_rows,
-                       "sample": {"text_steps": 32, "latent_steps": 25, "seed": 0}}}  # fmt: skip
+                       "sample": {"text_steps": 32, "latent_steps": 25, "seed": 0},
+                       "l2t_guidance_scale": L2T_GUIDANCE}}  # fmt: skip
     document = _evaluate(ctx, spec, title="evaluate mmdit")
     ctx.artifacts["evaluation:mmdit"] = document["artifact"]
     t2l, l2t = document["latent"]["t2l"], document["latent"]["l2t"]
@@ -482,7 +484,8 @@ def evaluate_latent_step(ctx: DemoContext) -> None:
                   f"{t2l['mean_latent_cosine']:.3f} mean latent", "same rows")  # fmt: skip
     table.add_row("l2t round-trip cosine", f"{l2t['l2t_round_trip_cosine']:.3f}",
                   f"{l2t['unconditional_cosine']:.3f} unconditional",
-                  f"{l2t['num_rows']} rows, {sample['text_steps']} text steps, win rate {l2t['win_rate']:.2f}")  # fmt: skip
+                  f"{l2t['num_rows']} rows, {sample['text_steps']} text steps, guidance {L2T_GUIDANCE:g}, "
+                  f"win rate {l2t['win_rate']:.2f}")  # fmt: skip
     if "val_ppl" in document["summary"]:
         table.add_row(
             "text PPL given z", f"{document['summary']['val_ppl']:.2f}", "", "elbo bound, -log p(x | z)"
