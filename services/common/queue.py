@@ -10,6 +10,8 @@ runs a job. No result backend: the job row is the result.
 
 from __future__ import annotations
 
+import time
+
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -54,6 +56,28 @@ def create_celery(settings: Settings) -> Celery:
         enable_utc=True,
     )
     return app
+
+
+def declare_queues(app: Celery, attempts: int = 5) -> None:
+    """Create every queue on the broker before consuming from it.
+
+    The embedded (SQL) transport creates its tables, then a queue's row with a select then an insert, so
+    workers starting at once on a fresh broker race: the losers crash on "table already exists" or on the
+    unique queue name. Declared here, a lost race is retried on a fresh connection; afterwards the tables
+    and rows exist and nobody creates them again.
+    """
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            with app.connection_for_write() as conn:
+                for queue in app.conf.task_queues:
+                    queue(conn.default_channel).declare()
+            return
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def publish(app: Celery, job_id: str, queue: str) -> None:

@@ -26,7 +26,7 @@ from services.common.db import Database, dispose_inherited
 from services.common.kinds import QUEUES, load_kinds
 from services.common.migrate import upgrade
 from services.common.models import Job
-from services.common.queue import TASK_NAME, create_celery, publish
+from services.common.queue import TASK_NAME, create_celery, declare_queues, publish
 from services.common.runner import run_claimed
 from services.common.settings import Settings
 from services.common.store import ObjectStore, StoreError, open_store
@@ -189,6 +189,7 @@ def run_worker(
     if settings.should_auto_migrate:
         upgrade(settings.database_url)
     app, _ = build_worker_app(settings)
+    declare_queues(app)
     argv = [
         "worker",
         f"--queues={','.join(queues)}",
