@@ -32,7 +32,7 @@ demo: install
 
 test: dev
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest tests
+	$(VENV)/bin/pytest tests --durations=30
 
 test-fast: dev
 	$(VENV)/bin/pytest tests -m "not slow"
