@@ -140,3 +140,12 @@ def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         Platform(backend, workdir / "p") as p,
     ):
         yield p
+
+
+@pytest.fixture(scope="session")
+def debug_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One prepared slice of the bundled corpus per session (training, CLI, eval and learning tests)."""
+    from mmdlm.training.debug import prepare_debug_dataset
+
+    # getbasetemp() is shared by the whole session, so every test directory reuses one preparation
+    return prepare_debug_dataset(tmp_path_factory.getbasetemp() / "datasets")
