@@ -1,19 +1,34 @@
-"""Gateway benchmark: submit and status throughput and latency (p50/p99) with 1, 10 and 50 concurrent
-clients on loopback, on PostgreSQL + Redis and on the embedded default (SQLite + sqla+sqlite broker).
+"""Gateway benchmark: the request fast path of one API process, on PostgreSQL + Redis and on the embedded
+default (SQLite + sqla+sqlite broker), in ONE run.
 
-A real API process (uvicorn, one process, as `mmdlm serve` runs it) is started per backend; clients
-are asyncio tasks of this process with one keep-alive connection each. No worker runs, so submitted
-jobs stay queued and status reads hit a growing table. Two load shapes:
-  closed   each client sends its next request as soon as the previous answer arrives: the maximum
-           throughput; latency then follows Little's law (p50 ~ clients / throughput);
-  paced    each client polls status at --rate requests/s (a fleet of CLIs following their jobs):
-           the latency a user sees at a given load. Targets (PostgreSQL, 2 cores): status p99 < 25 ms
-           at 50 clients, >= 200 submits/s.
-The client shares the CPU with the server here, so closed-loop numbers understate the server.
-Results: a table and bench/results/api.json.
+Operations (a fresh API process per backend; no worker runs, so submitted jobs stay queued):
+  healthz   GET /healthz: no auth, no database: the framework's floor on this machine
+  status    GET /v1/jobs/{id} of a random job of the caller
+  list      GET /v1/jobs?limit=20
+  events    GET /v1/jobs/{id}/events?follow=false: latency = first byte of the stream body; the stream
+            (replay of a queued job + `end`) is read to its end so the connection is reused
+  submit    POST /v1/jobs (a prepare-data spec): validation, insert, wake-up publish
+Load shapes, per operation: closed loop with 1, 10, 50 clients (each sends its next request when the
+previous answer arrived: maximum throughput; latency follows Little's law) and paced 50 clients x 5/s (a
+fleet of CLIs following their jobs: the latency a user sees at a given load).
 
-    python bench/api.py                         # both backends, 5 s per cell
-    python bench/api.py --backends embedded --duration 2
+The client is a minimal HTTP/1.1 keep-alive client on raw asyncio streams (uvloop when installed): one
+connection per simulated client, requests pre-encoded, responses parsed by Content-Length or chunked
+framing only, so that it costs far less CPU per request than the server. Client and server still share
+this machine's cores: closed-loop figures understate the server alone.
+
+Reported in the same run: throughput ratios status/healthz and submit/healthz (targets >= 0.7 and
+>= 0.4), paced p99 of status (target < 25 ms on an idle machine), 5xx count at 50 clients (target 0), and
+PostgreSQL connections opened per 15 s under load (target <= the pool size): the API's own counter
+`mmdlm_db_connections_opened_total` (pool 'connect' events, from /metrics) and the server's
+`pg_stat_database.sessions` (PostgreSQL >= 14), which also counts for an API without that metric.
+
+`--api-root DIR` runs the API from another checkout (e.g. `git worktree add /tmp/base HEAD`) with this
+venv, so an old code path is measured as the baseline under the same conditions.
+
+    python bench/api.py                                   # both backends, 4 s per cell
+    python bench/api.py --backends embedded --duration 2 --ops healthz status
+    python bench/api.py --api-root /tmp/base --out bench/results/api-base.json
 """
 
 from __future__ import annotations
@@ -24,17 +39,18 @@ import json
 import os
 import platform
 import random
+import re
 import secrets
-import statistics
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -51,126 +67,282 @@ SPEC = {
     "seq_len": 128,
     "max_documents": 100,
 }
+OPS = ("healthz", "status", "list", "events", "submit")
+BACKENDS = {"postgres": "PostgreSQL + Redis", "embedded": "embedded (SQLite + sqla broker)"}
 
 
-def _args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--backends", nargs="+", default=["postgres", "embedded"], choices=["postgres", "embedded"]
-    )
-    p.add_argument("--clients", nargs="+", type=int, default=[1, 10, 50])
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per (operation, clients) cell")
-    p.add_argument("--rate", type=float, default=5.0, help="paced mode: status requests/s per client")
-    p.add_argument(
-        "--api-workers", type=int, default=1, help="uvicorn processes of the API (mmdlm serve --workers)"
-    )
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "api.json")
-    return p.parse_args()
+# --- a minimal HTTP/1.1 keep-alive client ------------------------------------------------------------------
 
 
-def _percentile(values: list[float], q: float) -> float:
+class HTTPError(RuntimeError):
+    pass
+
+
+class Connection:
+    """One keep-alive connection. `request` sends pre-encoded bytes and returns (status, body, seconds to
+    the first body byte). Only what the gateway sends is understood: Content-Length or chunked bodies."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
+
+    async def request(self, raw: bytes) -> tuple[int, bytes, float]:
+        if self.writer is None:
+            await self.open()
+        assert self.reader is not None and self.writer is not None
+        start = time.perf_counter()
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        lower = head.lower()
+        keep_alive = b"connection: close" not in lower
+        match = re.search(rb"\r\ncontent-length:\s*(\d+)", lower)
+        if match is not None:
+            body = await self.reader.readexactly(int(match.group(1)))
+            first = time.perf_counter() - start
+        elif b"transfer-encoding: chunked" in lower:
+            body, first = await self._chunked(start)
+        else:
+            raise HTTPError(f"response without Content-Length or chunked framing: {head[:200]!r}")
+        if not keep_alive:
+            self.close()
+        return status, body, first
+
+    async def _chunked(self, start: float) -> tuple[bytes, float]:
+        assert self.reader is not None
+        parts: list[bytes] = []
+        first = -1.0
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+            if size == 0:
+                while await self.reader.readuntil(b"\r\n") != b"\r\n":  # trailers, then the blank line
+                    pass
+                return b"".join(parts), first if first >= 0 else time.perf_counter() - start
+            parts.append((await self.reader.readexactly(size + 2))[:-2])
+            if first < 0:
+                first = time.perf_counter() - start
+
+
+def encode_request(method: str, path: str, token: str | None, body: bytes | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    if token is not None:
+        lines.append(f"Authorization: Bearer {token}")
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
+@dataclass
+class Target:
+    host: str
+    port: int
+    token: str
+    ids: list[str] = field(default_factory=list)
+
+    def make(self, op: str) -> Callable[[], bytes]:
+        """A function giving the next request's bytes for `op` (random job per status/events read)."""
+        if op == "healthz":
+            raw = encode_request("GET", "/healthz", None)
+            return lambda: raw
+        if op == "list":
+            raw = encode_request("GET", "/v1/jobs?limit=20", self.token)
+            return lambda: raw
+        if op == "submit":
+            raw = encode_request("POST", "/v1/jobs", self.token, json.dumps(SPEC).encode())
+            return lambda: raw
+        status = {i: encode_request("GET", f"/v1/jobs/{i}", self.token) for i in self.ids}
+        events = {i: encode_request("GET", f"/v1/jobs/{i}/events?follow=false", self.token) for i in self.ids}
+        table = status if op == "status" else events
+        keys = list(table)
+        return lambda: table[random.choice(keys)]
+
+
+# --- load shapes ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    server_errors: int = 0
+    transport_errors: int = 0
+    new_ids: list[str] = field(default_factory=list)
+
+    def record(self, op: str, status: int, body: bytes, seconds: float) -> None:
+        self.latencies.append(seconds)
+        if status >= 500:
+            self.server_errors += 1
+        if status >= 300:
+            self.errors += 1
+        elif op == "submit":
+            self.new_ids.append(json.loads(body)["id"])
+
+
+async def _one(conn: Connection, op: str, raw: bytes, tally: Tally) -> None:
+    try:
+        status, body, first = await conn.request(raw)
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, HTTPError):
+        tally.transport_errors += 1
+        tally.errors += 1
+        conn.close()
+        return
+    tally.record(op, status, body, first)
+
+
+async def closed_loop(target: Target, op: str, clients: int, duration: float) -> tuple[Tally, float]:
+    tally = Tally()
+    next_raw = target.make(op)
+    conns = [Connection(target.host, target.port) for _ in range(clients)]
+    await asyncio.gather(*(c.open() for c in conns))
+    deadline = time.perf_counter() + duration
+
+    async def user(conn: Connection) -> None:
+        while time.perf_counter() < deadline:
+            await _one(conn, op, next_raw(), tally)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(user(c) for c in conns))
+    elapsed = time.perf_counter() - started
+    for c in conns:
+        c.close()
+    return tally, elapsed
+
+
+async def paced(target: Target, op: str, clients: int, rate: float, duration: float) -> tuple[Tally, float]:
+    tally = Tally()
+    next_raw = target.make(op)
+    period = 1.0 / rate
+    conns = [Connection(target.host, target.port) for _ in range(clients)]
+    await asyncio.gather(*(c.open() for c in conns))
+
+    async def user(conn: Connection) -> None:
+        await asyncio.sleep(random.random() * period)  # spread the clients over one period
+        next_at = time.perf_counter()
+        end = next_at + duration
+        while next_at < end:
+            await _one(conn, op, next_raw(), tally)
+            next_at += period
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(user(c) for c in conns))
+    elapsed = time.perf_counter() - started
+    for c in conns:
+        c.close()
+    return tally, elapsed
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def _closed(
-    url: str, token: str, op: str, clients: int, duration: float, ids: list[str]
-) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + duration
-
-    async def user() -> None:
-        nonlocal errors
-        headers = {"Authorization": f"Bearer {token}"}
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
-            while time.perf_counter() < deadline:
-                start = time.perf_counter()
-                if op == "submit":
-                    response = await client.post("/v1/jobs", json=SPEC)
-                else:
-                    response = await client.get(f"/v1/jobs/{random.choice(ids)}")
-                latencies.append(time.perf_counter() - start)
-                if response.status_code >= 300:
-                    errors += 1
-                elif op == "submit":
-                    ids.append(response.json()["id"])
-
-    started = time.perf_counter()
-    await asyncio.gather(*(user() for _ in range(clients)))
-    elapsed = time.perf_counter() - started
-    return _summary(op, "closed", clients, latencies, errors, elapsed)
+# --- counters read from the API and from PostgreSQL ----------------------------------------------------------
 
 
-async def _paced(
-    url: str, token: str, clients: int, duration: float, rate: float, ids: list[str]
-) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-    period = 1.0 / rate
-
-    async def user() -> None:
-        nonlocal errors
-        headers = {"Authorization": f"Bearer {token}"}
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
-            await asyncio.sleep(random.random() * period)  # spread the clients over one period
-            next_at = time.perf_counter()
-            end = next_at + duration
-            while next_at < end:
-                start = time.perf_counter()
-                response = await client.get(f"/v1/jobs/{random.choice(ids)}")
-                latencies.append(time.perf_counter() - start)
-                errors += response.status_code >= 300
-                next_at += period
-                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-
-    started = time.perf_counter()
-    await asyncio.gather(*(user() for _ in range(clients)))
-    return _summary("status", f"paced {rate:g}/s", clients, latencies, errors, time.perf_counter() - started)
+async def api_connections_opened(target: Target) -> float | None:
+    """`mmdlm_db_connections_opened_total` from /metrics; None when the API has no such metric."""
+    conn = Connection(target.host, target.port)
+    try:
+        _, body, _ = await conn.request(encode_request("GET", "/metrics", None))
+    finally:
+        conn.close()
+    match = re.search(rb"^mmdlm_db_connections_opened_total(?:\{[^}]*\})? ([0-9.e+]+)$", body, re.M)
+    return float(match.group(1)) if match else None
 
 
-def _summary(
-    op: str, mode: str, clients: int, latencies: list[float], errors: int, elapsed: float
-) -> dict[str, Any]:
-    ms = [x * 1000 for x in latencies]
-    return {
-        "op": op,
-        "mode": mode,
-        "clients": clients,
-        "requests": len(ms),
-        "errors": errors,
-        "throughput_rps": len(ms) / elapsed,
-        "p50_ms": statistics.median(ms) if ms else None,
-        "p99_ms": _percentile(ms, 0.99) if ms else None,
-    }
+def pg_sessions(db_url: str | None) -> int | None:
+    """Sessions ever opened to the bench database (pg_stat_database.sessions, PostgreSQL >= 14)."""
+    if db_url is None:
+        return None
+    import psycopg
+
+    name = db_url.rsplit("/", 1)[1]
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as c:
+        c.execute("SELECT pg_stat_clear_snapshot()")
+        row = c.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (name,)).fetchone()
+    return None if row is None else int(row[0])
 
 
-def _start_api(env: dict[str, str], workdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+# --- one backend ---------------------------------------------------------------------------------------------
+
+
+def _start_api(env: dict[str, str], workdir: Path, root: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     log = (workdir / "api.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "services.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"API exited: {(workdir / 'api.log').read_text()[-2000:]}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("API not ready after 60 s")
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, port
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("API not listening after 90 s")
 
 
-def run_backend(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+async def _measure(
+    target: Target, args: argparse.Namespace, db_url: str | None, pool_size: int
+) -> list[dict[str, Any]]:
+    seed, _ = await closed_loop(target, "submit", 4, 1.0)  # warm-up + the jobs that reads pick from
+    target.ids += seed.new_ids
+    rows: list[dict[str, Any]] = []
+    shapes: list[tuple[str, int]] = [("closed", c) for c in args.clients] + [
+        (f"paced {args.rate:g}/s", args.paced_clients)
+    ]
+    for op in args.ops:
+        await closed_loop(target, op, 10, 0.5)  # warm this route's caches
+        for mode, clients in shapes:
+            api_before = await api_connections_opened(target)
+            pg_before = pg_sessions(db_url)
+            if mode == "closed":
+                tally, elapsed = await closed_loop(target, op, clients, args.duration)
+            else:
+                tally, elapsed = await paced(target, op, clients, args.rate, args.duration)
+            pg_after = pg_sessions(db_url)
+            api_after = await api_connections_opened(target)
+            target.ids += tally.new_ids
+            ms = [x * 1000 for x in tally.latencies]
+            rows.append({
+                "op": op, "mode": mode, "clients": clients, "requests": len(ms), "seconds": elapsed,
+                "throughput_rps": len(ms) / elapsed, "p50_ms": _percentile(ms, 0.5),
+                "p99_ms": _percentile(ms, 0.99), "errors": tally.errors, "errors_5xx": tally.server_errors,
+                "transport_errors": tally.transport_errors,
+                "db_connections_opened_api": None if api_before is None or api_after is None else api_after - api_before,
+                "db_sessions_opened_pg": None if pg_before is None or pg_after is None else pg_after - pg_before,
+                "jobs_in_table": len(target.ids), "db_pool_size": pool_size,
+            })  # fmt: skip
+            print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def run_backend(name: str, args: argparse.Namespace) -> dict[str, Any]:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-api-{name}-")))
+        root = args.api_root.resolve()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MMDLM_")}
-        env.update(MMDLM_HOME=str(workdir / "home"), MMDLM_LOG_LEVEL="WARNING", PYTHONPATH=str(REPO))
+        env.update(MMDLM_HOME=str(workdir / "home"), MMDLM_LOG_LEVEL="WARNING", PYTHONPATH=str(root))
+        env.update(MMDLM_TOKEN_CACHE_S="60", MMDLM_DB_POOL_SIZE=str(args.pool_size))
+        db_url: str | None = None
         if name == "postgres":
             db_url = stack.enter_context(postgres_database("mmdlm_bench"))
             broker, prefix = stack.enter_context(redis_namespace())
@@ -181,50 +353,110 @@ def run_backend(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         upgrade(database_url)
         with Database(database_url).begin() as session:
             _, token = create_token(session, f"bench-{secrets.token_hex(3)}")
-        proc, url = _start_api(env, workdir, args.api_workers)
+        proc, port = _start_api(env, workdir, root)
         stack.callback(stop_process_group, proc)
-        ids: list[str] = []
-        rows: list[dict[str, Any]] = []
-        asyncio.run(_closed(url, token, "submit", 4, 1.0, ids))  # warm-up and a first set of job ids
-        for clients in args.clients:
-            rows.append(asyncio.run(_closed(url, token, "submit", clients, args.duration, ids)))
-        for clients in args.clients:
-            rows.append(asyncio.run(_closed(url, token, "status", clients, args.duration, ids)))
-        rows.append(asyncio.run(_paced(url, token, max(args.clients), args.duration, args.rate, ids)))
-        for row in rows:
-            row["backend"] = "PostgreSQL + Redis" if name == "postgres" else "embedded (SQLite + sqla broker)"
-            row["jobs_in_table"] = len(ids)
-            row["api_workers"] = args.api_workers
-        return rows
+        print(f"\n{BACKENDS[name]} (API from {root}, pid {proc.pid})", flush=True)
+        rows = asyncio.run(_measure(Target("127.0.0.1", port, token), args, db_url, args.pool_size))
+        return {"backend": BACKENDS[name], "rows": rows, "summary": _summary(rows, args)}
+
+
+def _find(rows: list[dict[str, Any]], op: str, mode: str, clients: int) -> dict[str, Any] | None:
+    return next((r for r in rows if (r["op"], r["mode"], r["clients"]) == (op, mode, clients)), None)
+
+
+def _summary(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """The ratios and counts the targets are stated in (closed loop at the largest client count)."""
+    top = max(args.clients)
+    out: dict[str, Any] = {}
+    for clients in args.clients:
+        floor = _find(rows, "healthz", "closed", clients)
+        for op in ("status", "list", "events", "submit"):
+            row = _find(rows, op, "closed", clients)
+            if floor and row:
+                out[f"{op}_over_healthz_{clients}"] = row["throughput_rps"] / floor["throughput_rps"]
+    paced_status = _find(rows, "status", f"paced {args.rate:g}/s", args.paced_clients)
+    out["paced_status_p99_ms"] = paced_status["p99_ms"] if paced_status else None
+    out[f"errors_5xx_at_{top}"] = sum(r["errors_5xx"] for r in rows if r["clients"] == top)
+    for key in ("db_connections_opened_api", "db_sessions_opened_pg"):
+        loaded = [r for r in rows if r["op"] != "healthz" and r[key] is not None]
+        if loaded:
+            seconds = sum(r["seconds"] for r in loaded)
+            out[f"{key}_per_15s"] = 15 * sum(r[key] for r in loaded) / seconds
+            out[f"{key}_max_cell"] = max(r[key] for r in loaded)
+    return out
+
+
+def _line(r: dict[str, Any]) -> str:
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    return (
+        f"  {r['op']:8s} {r['mode']:12s} {r['clients']:7d} {r['throughput_rps']:8.1f} {num(r['p50_ms'], '8.2f')} "
+        f"{num(r['p99_ms'], '8.2f')} {r['errors']:6d} {r['errors_5xx']:5d} "
+        f"{num(r['db_connections_opened_api'], '6.0f')} {num(r['db_sessions_opened_pg'], '6.0f')}"
+    )
+
+
+HEADER = (
+    f"  {'op':8s} {'mode':12s} {'clients':>7s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s} "
+    f"{'5xx':>5s} {'conn':>6s} {'pgsess':>6s}"
+)
+
+
+def _load() -> list[float]:
+    return list(os.getloadavg())
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backends", nargs="+", default=["postgres", "embedded"], choices=list(BACKENDS))
+    p.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    p.add_argument("--clients", nargs="+", type=int, default=[1, 10, 50])
+    p.add_argument("--paced-clients", type=int, default=50)
+    p.add_argument("--rate", type=float, default=5.0, help="paced mode: requests/s per client")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds per (operation, load) cell")
+    p.add_argument("--pool-size", type=int, default=10, help="MMDLM_DB_POOL_SIZE of the API")
+    p.add_argument("--api-root", type=Path, default=REPO, help="checkout the API process runs from")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "api.json")
+    return p.parse_args()
 
 
 def main() -> None:
     args = _args()
-    results: list[dict[str, Any]] = []
-    for name in args.backends:
-        results.extend(run_backend(name, args))
-    header = f"{'backend':32s} {'op':7s} {'mode':12s} {'clients':>7s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s}"
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        print(
-            f"{r['backend']:32s} {r['op']:7s} {r['mode']:12s} {r['clients']:7d} {r['throughput_rps']:8.1f} "
-            f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['errors']:6d}"
-        )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    load_before = _load()
+    print(f"load average before: {load_before}\n{HEADER}", flush=True)
+    backends = [run_backend(name, args) for name in args.backends]
+    load_after = _load()
+    print(f"\nload average after: {load_after}")
+    for b in backends:
+        print(f"\n{b['backend']}")
+        print(HEADER)
+        print("  " + "-" * (len(HEADER) - 2))
+        for r in b["rows"]:
+            print(_line(r))
+        for key, value in b["summary"].items():
+            print(f"  {key:36s} {'-' if value is None else format(value, '.3g')}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "api",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "api_root": str(args.api_root.resolve()),
         "duration_s_per_cell": args.duration,
-        "paced_rate_per_client": args.rate,
-        "note": "client and server share the same CPUs; closed-loop latency follows Little's law",
+        "paced": {"clients": args.paced_clients, "rate_per_client": args.rate},
+        "db_pool_size": args.pool_size,
+        "note": "client and server share the same CPUs; closed-loop latency follows Little's law; "
+        "events latency = first body byte",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "results": results,
-    }
+        "backends": backends,
+    }  # fmt: skip
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(
     name="mmdlm",
@@ -36,7 +37,8 @@ err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    """`error: message` on stderr, never wrapped and never read as markup (messages hold `[...]`)."""
+    err.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -48,10 +50,28 @@ def _settings() -> Any:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
-        fail(f"invalid MMDLM_* settings: {problems}")
+        fail(f"invalid MMDLM_* settings: {_problems(exc)}")
+
+
+def _line(exc: BaseException) -> str:
+    from services.common.preflight import oneline
+
+    return oneline(exc)
+
+
+def _problems(exc: Any) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+
+
+def _sigterm_exits_0() -> None:
+    """uvicorn re-raises the SIGTERM it shut down on, so the process ends killed by it (exit 143 under tini, a
+    failure to supervisors); a stop that was asked for exits 0 instead, also before uvicorn has started."""
+    import signal
+
+    def stop(*_: object) -> NoReturn:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _logging(level: str) -> None:
@@ -60,22 +80,38 @@ def _logging(level: str) -> None:
 
 
 def _client() -> Any:
-    from services.common.client import Client
+    from services.common.client import Client, ClientError
 
     settings = _settings()
     token = settings.token.get_secret_value() if settings.token else None
     if not token:
         fail("no API token: set MMDLM_TOKEN (create one with `mmdlm token create --user NAME`)")
-    return Client(settings.api_url, token, timeout_s=settings.http_timeout_s)
+    try:
+        return Client(settings.api_url, token, timeout_s=settings.http_timeout_s)
+    except ClientError as exc:
+        fail(f"MMDLM_API_URL: {exc}")
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    from services.common.client import ClientError
+    from services.common.client import ApiError, ClientError
 
     try:
         return fn(*args, **kwargs)
+    except ApiError as exc:
+        hint = " (check MMDLM_TOKEN; `mmdlm token create --user NAME` makes one)" if exc.status == 401 else ""
+        fail(f"{exc}{hint}")
     except ClientError as exc:
         fail(str(exc))
+
+
+def _preflight(fn: Any, *args: Any, prefix: str = "", **kwargs: Any) -> Any:
+    """Run a start-up check; its PreflightError becomes the one-line exit."""
+    from services.common.preflight import PreflightError
+
+    try:
+        return fn(*args, **kwargs)
+    except PreflightError as exc:
+        fail(f"{prefix}{exc}")
 
 
 # --- servers -------------------------------------------------------------------------------------------------
@@ -90,12 +126,16 @@ def serve(
     """Run the REST gateway (uvicorn)."""
     import uvicorn
 
+    from services.common import preflight
+
     settings = _settings()
     _logging(settings.log_level)
+    # The gateway starts while a dependency is down (503s, /readyz says which); a URL that can never
+    # work stops it here, in one line.
+    _preflight(preflight.check_urls, settings, broker=True)
     if settings.should_auto_migrate:
-        from services.common.migrate import upgrade
-
-        upgrade(settings.database_url)
+        _migrate(settings)
+    _sigterm_exits_0()
     uvicorn.run(
         "services.api.main:create_app",
         factory=True,
@@ -114,12 +154,19 @@ def serve_sampler(
 ) -> None:
     """Run the sampler service: generation, OpenAI-compatible completions, embeddings (one process)."""
     import uvicorn
+    from pydantic import ValidationError
 
+    from services.common import preflight
     from services.sampler.settings import SamplerSettings
 
     settings = _settings()
     _logging(settings.log_level)
-    config = SamplerSettings()
+    _preflight(preflight.check_urls, settings, broker=False)
+    try:
+        config = SamplerSettings()
+    except ValidationError as exc:
+        fail(f"invalid MMDLM_SAMPLER_* settings: {_problems(exc)}")
+    _sigterm_exits_0()
     uvicorn.run(
         "services.sampler.app:create_app",
         factory=True,
@@ -144,6 +191,8 @@ def worker(
     settings = _settings()
     _logging(settings.log_level)
     names = [q.strip() for q in queues.split(",") if q.strip()]
+    from services.common.preflight import PreflightError
+
     try:
         run_worker(
             settings,
@@ -153,21 +202,34 @@ def worker(
             hostname=hostname,
             loglevel=settings.log_level,
         )
-    except ValueError as exc:
-        fail(str(exc))
+    except (ValueError, PreflightError) as exc:  # bad queues; broker/database/store unusable at start
+        fail(f"worker not started: {exc}")
 
 
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (alembic upgrade head)."""
-    from services.common.migrate import current_revision, upgrade
+    from services.common.migrate import current_revision
 
     settings = _settings()
+    _migrate(settings)
+    console.print(f"database at revision {current_revision(settings.database_url)}")
+
+
+def _migrate(settings: Any) -> None:
+    """`alembic upgrade head` after waiting (MMDLM_STARTUP_WAIT_S) for the database; one line if not."""
+    from services.common import preflight
+    from services.common.migrate import upgrade
+
+    if settings.startup_checks:
+        _preflight(
+            preflight.require, settings, [preflight.database_check(settings, schema=False)],
+            prefix="migration failed: ",
+        )  # fmt: skip
     try:
         upgrade(settings.database_url)
-    except Exception as exc:
-        fail(f"migration failed: {exc}")
-    console.print(f"database at revision {current_revision(settings.database_url)}")
+    except Exception as exc:  # noqa: BLE001 - any failure of the upgrade is reported, in one line
+        fail(f"migration failed: {preflight.oneline(exc)}")
 
 
 @app.command()
@@ -216,11 +278,10 @@ def token_create(
     """Create an API token (printed once on stdout; only its hash is stored)."""
     from services.common.auth import create_token
     from services.common.db import Database
-    from services.common.migrate import upgrade
 
     settings = _settings()
     if settings.should_auto_migrate:
-        upgrade(settings.database_url)
+        _migrate(settings)
     db = Database(settings.database_url)
     try:
         with db.begin() as session:
@@ -228,21 +289,36 @@ def token_create(
             user_name = created_user.name
     except ValueError as exc:
         fail(str(exc))
-    except Exception as exc:
-        fail(f"cannot create the token (is the database migrated? `mmdlm migrate`): {exc}")
+    except Exception as exc:  # noqa: BLE001 - database unreachable or not migrated: one line
+        fail(
+            f"cannot create the token (is the database reachable and migrated? `mmdlm migrate`): {_line(exc)}"
+        )
     err.print(f"token for user {user_name!r} (shown once):", highlight=False)
     typer.echo(token)
 
 
 @token_app.command("revoke")
 def token_revoke(user: Annotated[str, typer.Option(help="revoke every token of this user")]) -> None:
+    """Revoke every token of a user. API processes that cached one refuse it within
+    MMDLM_TOKEN_CACHE_S (0 = at once)."""
     from services.common.auth import revoke_tokens
     from services.common.db import Database
 
-    db = Database(_settings().database_url)
-    with db.begin() as session:
-        count = revoke_tokens(session, user)
-    console.print(f"revoked {count} token(s) of {user!r}")
+    settings = _settings()
+    db = Database(settings.database_url)
+    try:
+        with db.begin() as session:
+            count = revoke_tokens(session, user)
+    except Exception as exc:  # noqa: BLE001 - database unreachable or not migrated: one line
+        fail(f"cannot revoke (is the database reachable and migrated? `mmdlm migrate`): {_line(exc)}")
+    if count is None:
+        fail(f"no user named {user!r}")
+    console.print(f"revoked {count} token(s) of {user!r}", highlight=False)
+    if count and settings.token_cache_s > 0:
+        console.print(
+            f"API processes refuse them within {settings.token_cache_s:g}s (MMDLM_TOKEN_CACHE_S)",
+            highlight=False,
+        )
 
 
 # --- jobs ----------------------------------------------------------------------------------------------------
@@ -259,12 +335,25 @@ def submit(
     ] = False,
 ) -> None:
     """Submit a job described by a YAML file; prints its id."""
+    import yaml
+
     from mmdlm.config.base import apply_overrides, load_mapping
 
     try:
-        body = apply_overrides(load_mapping(file), set_ or [])
-    except (OSError, ValueError) as exc:
-        fail(str(exc))
+        body = load_mapping(file)
+    except yaml.YAMLError as exc:
+        fail(f"{file} is not valid YAML: {_yaml_problem(exc)}")
+    except json.JSONDecodeError as exc:
+        fail(f"{file} is not valid JSON: {exc}")
+    except (OSError, ValueError) as exc:  # missing/unreadable file, not text, not a mapping
+        fail(f"{file}: {exc}" if str(file) not in str(exc) else str(exc))
+    for item in set_ or []:
+        try:
+            body = apply_overrides(body, [item])
+        except yaml.YAMLError as exc:
+            fail(f"--set {item!r}: the value is not valid YAML: {_yaml_problem(exc)}")
+        except ValueError as exc:
+            fail(f"--set: {exc}")
     if priority is not None:
         body["priority"] = priority
     if max_attempts is not None:
@@ -329,8 +418,15 @@ def logs(
     job_id: Annotated[str, typer.Argument()],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep streaming until the job ends")] = False,
 ) -> None:
-    """Print a job's log and state changes; with --follow, a progress bar until it ends."""
+    """Print a job's log and state changes; with --follow, a progress bar until it ends.
+
+    With --follow the last line is `job <id> <status>` and the exit status says how it ended:
+    0 succeeded, 1 failed, 3 cancelled (2 is a usage error)."""
     _follow(_client(), job_id, follow=follow)
+
+
+FOLLOW_EXIT = {"succeeded": 0, "failed": 1, "cancelled": 3}
+"""Exit status of `logs --follow` / `submit --follow` by the job's final status."""
 
 
 def _follow(client: Any, job_id: str, follow: bool = True) -> None:
@@ -340,10 +436,14 @@ def _follow(client: Any, job_id: str, follow: bool = True) -> None:
     if not follow:
         return
     console.print(
-        f"job {job_id} {job['status']}", style="bold green" if job["status"] == "succeeded" else "bold red"
+        f"job {job_id} {job['status']}",
+        style="bold green" if job["status"] == "succeeded" else "bold red",
+        markup=False,
+        soft_wrap=True,
     )
-    if job["status"] != "succeeded":
-        raise typer.Exit(1)
+    code = FOLLOW_EXIT.get(job["status"], 1)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -385,6 +485,17 @@ def demo(
     from services.demo import run_demo
 
     raise typer.Exit(run_demo(console, scale="smoke" if quick else None))
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML parser error as one line: what and where (line, column), without the quoted source."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(exc).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(exc, "context", None)
+    return f"{where}{problem}" + (f" ({context})" if context else "")
 
 
 def _progress_text(job: dict[str, Any]) -> str:
@@ -438,6 +549,29 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as exc:
+        if not _environment_error(exc):
+            raise  # a bug: its traceback is what a report needs
+        try:
+            fail(f"{type(exc).__name__}: {_line(exc)}")
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
+
+
+_ENVIRONMENT_MODULES = ("sqlalchemy.", "psycopg", "sqlite3", "kombu.", "redis.", "minio.", "urllib3.")
+
+
+def _environment_error(exc: Exception) -> bool:
+    """Failures of the machine or the services around it (a database, broker or store that went away
+    mid-command, a full disk, a folder without permission): one line, not a traceback, whichever
+    command met them."""
+    from services.common.client import ClientError
+    from services.common.preflight import PreflightError
+    from services.common.store import StoreError
+
+    if isinstance(exc, OSError | ClientError | PreflightError | StoreError):
+        return True
+    return type(exc).__module__.startswith(_ENVIRONMENT_MODULES)
 
 
 if __name__ == "__main__":

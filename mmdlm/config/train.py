@@ -26,6 +26,10 @@ ModelSpec = Annotated[
 """The family-tagged network + process spec; `family` picks the class (and `mmdlm.families` the builder)."""
 
 
+MAX_STEPS = 1_000_000_000
+"""Optimizer steps of one run: far past any real run, and every step/progress counter stays in range."""
+
+
 class DataSection(StrictModel):
     dataset: str = Field(min_length=1)
     """Directory of a `dataset` artifact (`mmdlm.data.prepare.prepare_dataset` output)."""
@@ -120,7 +124,7 @@ class TrainConfig(StrictModel):
     data: DataSection
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
-    steps: int = Field(1_000_000, ge=1)
+    steps: int = Field(1_000_000, ge=1, le=MAX_STEPS)
     """Optimizer steps in total (resume continues until this step)."""
     time_limit_s: float | None = Field(None, gt=0)
     """Stop early once this many seconds of this process's loop have passed (checked at log steps, agreed

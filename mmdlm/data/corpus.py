@@ -20,9 +20,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mmdlm.config.data import BundledSource, FolderSource, HFSource, SourceConfig
+from mmdlm.confine import PathRoots, open_confined
 
 
 @dataclass(frozen=True)
@@ -31,14 +32,17 @@ class Document:
     text: str
 
 
-def open_corpus(source: SourceConfig) -> Corpus:
-    """The corpus for a source config; raises a clear error if its files or packages are missing."""
+def open_corpus(source: SourceConfig, roots: PathRoots | None = None) -> Corpus:
+    """The corpus for a source config; raises a clear error if its files or packages are missing.
+
+    `roots`: the folders local paths must resolve into (`mmdlm.confine`); None reads any path.
+    """
     if isinstance(source, BundledSource):
         return BundledCorpus(source)
     if isinstance(source, FolderSource):
-        return FolderCorpus(source)
+        return FolderCorpus(source, roots)
     if isinstance(source, HFSource):
-        return HFCorpus(source)
+        return HFCorpus(source, roots)
     raise TypeError(f"unknown source config {type(source).__name__}")
 
 
@@ -175,33 +179,55 @@ def split_sections(text: str) -> list[str]:
 
 
 class FolderCorpus(Corpus):
-    """`.txt` files (one document each) and `.jsonl` files (one document per line), in sorted path order."""
+    """`.txt` files (one document each) and `.jsonl` files (one document per line), in sorted path order.
 
-    def __init__(self, source: FolderSource) -> None:
-        self.root = Path(source.path).expanduser()
+    With `roots` (the services always pass them) the folder and every file must resolve inside them,
+    checked when the corpus is opened and again as each file is opened; the manifest then records the
+    path as the user gave it, never the worker's real path.
+    """
+
+    def __init__(self, source: FolderSource, roots: PathRoots | None = None) -> None:
+        self.roots = roots
         self.text_field = source.text_field
-        if not self.root.is_dir():
-            raise ValueError(f"source.path: {self.root} is not a folder")
+        if roots is not None:
+            self.root = roots.folder(source.path, "source.path")
+            self.display = source.path
+        else:
+            self.root = Path(source.path).expanduser()
+            self.display = str(self.root)
+            if not self.root.is_dir():
+                raise ValueError(f"source.path: {self.root} is not a folder")
         self.files = sorted(
             (p for p in self.root.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl")),
             key=lambda p: p.relative_to(self.root).as_posix(),
         )
         if not self.files:
-            raise ValueError(f"source.path: {self.root} holds no .txt or .jsonl files")
+            raise ValueError(f"source.path: {self.display} holds no .txt or .jsonl files")
 
     def describe(self) -> dict[str, Any]:
         return {
             "type": "folder",
-            "path": str(self.root),
+            "path": self.display,
             "text_field": self.text_field,
             "files": len(self.files),
         }
+
+    def _name(self, path: Path) -> str:
+        """How messages name a file: its path unconfined, else only its path inside the source folder."""
+        return str(path) if self.roots is None else path.relative_to(self.root).as_posix()
+
+    def _open(self, path: Path) -> IO[str]:
+        try:
+            fd = open_confined(path, self.roots, "source.path")
+        except OSError as exc:
+            raise ValueError(f"{self._name(path)}: cannot be read ({exc.strerror})") from None
+        return open(fd, encoding="utf-8")  # noqa: SIM115 (the callers close it)
 
     def __iter__(self) -> Iterator[Document]:
         for path in self.files:
             rel = path.relative_to(self.root).as_posix()
             if path.suffix == ".txt":
-                text = _read_text(path)
+                text = self._read_text(path)
                 if text.strip():
                     yield Document(rel, text)
             else:
@@ -209,14 +235,14 @@ class FolderCorpus(Corpus):
 
     def _jsonl(self, path: Path, rel: str) -> Iterator[Document]:
         try:
-            with path.open(encoding="utf-8") as handle:
+            with self._open(path) as handle:
                 for lineno, line in enumerate(handle, start=1):
                     if line.strip():
                         yield self._record(line, rel, lineno)
         except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
+            raise ValueError(f"{self._name(path)}: not UTF-8 text ({exc.reason})") from None
         except OSError as exc:
-            raise ValueError(f"{path}: cannot be read ({exc.strerror})") from None
+            raise ValueError(f"{self._name(path)}: cannot be read ({exc.strerror})") from None
 
     def _record(self, line: str, rel: str, lineno: int) -> Document:
         try:
@@ -236,14 +262,16 @@ class FolderCorpus(Corpus):
             )
         return Document(f"{rel}:{lineno}", text)
 
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot be read ({exc.strerror})") from None
+    def _read_text(self, path: Path) -> str:
+        try:
+            with self._open(path) as handle:
+                return handle.read()
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{self._name(path)}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
+        except OSError as exc:
+            raise ValueError(f"{self._name(path)}: cannot be read ({exc.strerror})") from None
 
 
 # -------------------------------------------------------------------------------------------- hf datasets
@@ -252,8 +280,10 @@ def _read_text(path: Path) -> str:
 class HFCorpus(Corpus):
     """A `datasets` split, loaded once (downloads on first use; honours HF_HUB_OFFLINE and the local cache)."""
 
-    def __init__(self, source: HFSource) -> None:
+    def __init__(self, source: HFSource, roots: PathRoots | None = None) -> None:
         self.source = source
+        # a local dataset folder must lie inside the roots; a hub id stays as it is
+        self.name = source.name if roots is None else roots.model_ref(source.name, "source.name")
         self._dataset: Any = None
 
     def describe(self) -> dict[str, Any]:
@@ -264,7 +294,7 @@ class HFCorpus(Corpus):
             import datasets
 
             try:
-                ds = datasets.load_dataset(self.source.name, self.source.config, split=self.source.split)
+                ds = datasets.load_dataset(self.name, self.source.config, split=self.source.split)
             except Exception as exc:  # datasets raises many types; the user needs the reason, not the class
                 raise ValueError(
                     f"source.name: cannot load dataset {self.source.name!r} "

@@ -24,6 +24,7 @@ import numpy as np
 
 import mmdlm
 from mmdlm.config.data import BPETokenizerConfig, PrepareDataConfig
+from mmdlm.confine import PathRoots
 from mmdlm.data.corpus import Document, open_corpus
 from mmdlm.data.manifest import DatasetManifest, SpecialTokens, TokenizerInfo, file_entry
 from mmdlm.data.shards import DTYPE, SplitWriter
@@ -38,7 +39,11 @@ ENCODE_BATCH = 512  # documents per encode call: large enough to amortise, small
 
 
 def prepare_dataset(
-    config: PrepareDataConfig, out_dir: Path | str, progress: Progress | None = None
+    config: PrepareDataConfig,
+    out_dir: Path | str,
+    progress: Progress | None = None,
+    *,
+    roots: PathRoots | None = None,
 ) -> DatasetManifest:
     """Build the dataset folder `out_dir` (it must not exist, or be empty) and return its manifest.
 
@@ -46,13 +51,15 @@ def prepare_dataset(
     "training tokenizer", "tokenizing", finally "done"); an exception raised from it (e.g. a job's
     cancellation) stops the preparation and removes the partial folder.
     Raises ValueError naming the problem for bad input (no documents, bad JSONL, missing text field).
+    roots: local paths of the config (folder source, pretrained tokenizer folder) must resolve inside
+    them (`mmdlm.confine.PathNotAllowed` otherwise); None reads any path (a person's own files).
     """
     out_dir = Path(out_dir)
     report = progress or (lambda done, total, phase: None)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"output folder {out_dir} already exists and is not empty")
     start = time.perf_counter()
-    corpus = open_corpus(config.source)
+    corpus = open_corpus(config.source, roots)
 
     def documents() -> Iterator[Document]:
         return itertools.islice(iter(corpus), config.max_documents)
@@ -65,7 +72,7 @@ def prepare_dataset(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        tokenizer = _tokenizer(config, documents, is_validation, report)
+        tokenizer = _tokenizer(config, documents, is_validation, report, roots)
         vocab = vocab_info(tokenizer)
         tokenizer_files = [file_entry(tmp, p) for p in save_tokenizer(tokenizer, tmp / "tokenizer")]
         encode = TextEncoder(tokenizer)
@@ -164,9 +171,10 @@ def _tokenizer(
     documents: Callable[[], Iterator[Document]],
     is_validation: np.ndarray,
     report: Progress,
+    roots: PathRoots | None,
 ):  # -> PreTrainedTokenizerFast (not imported at module level for typing only)
     if not isinstance(config.tokenizer, BPETokenizerConfig):
-        return build_tokenizer(config.tokenizer)
+        return build_tokenizer(config.tokenizer, roots=roots)
     num_train = int((~is_validation).sum())
 
     def training_texts() -> Iterator[str]:

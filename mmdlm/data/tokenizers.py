@@ -23,6 +23,7 @@ from mmdlm.config.data import (
     PretrainedTokenizerConfig,
     TokenizerConfig,
 )
+from mmdlm.confine import PathRoots
 from mmdlm.data.vocab import VocabInfo
 
 logger = logging.getLogger(__name__)
@@ -43,12 +44,17 @@ def tokenizer_name(config: TokenizerConfig) -> str:
 
 
 def build_tokenizer(
-    config: TokenizerConfig, training_texts: Iterable[str] | None = None, num_texts: int | None = None
+    config: TokenizerConfig,
+    training_texts: Iterable[str] | None = None,
+    num_texts: int | None = None,
+    *,
+    roots: PathRoots | None = None,
 ) -> PreTrainedTokenizerFast:
     """Return the fast tokenizer described by `config`, special-token roles set.
 
     training_texts: only for `bpe`: the training split's documents (never validation), iterated once;
       `num_texts` is their count, used for the trainer's progress estimate.
+    roots: a local `pretrained` folder must resolve inside them (`mmdlm.confine`); None: any path.
     """
     if isinstance(config, GPT2TokenizerConfig):
         return _gpt2()
@@ -59,7 +65,9 @@ def build_tokenizer(
             raise ValueError("tokenizer type 'bpe' is trained on the source: pass training_texts")
         return _train_bpe(config, training_texts, num_texts)
     if isinstance(config, PretrainedTokenizerConfig):
-        return _pretrained(config.name_or_path)
+        name = config.name_or_path
+        source = name if roots is None else roots.model_ref(name, "tokenizer.name_or_path")
+        return _pretrained(source, display=name)
     raise TypeError(f"unknown tokenizer config {type(config).__name__}")
 
 
@@ -201,15 +209,20 @@ def _train_bpe(
     return tokenizer
 
 
-def _pretrained(name_or_path: str) -> PreTrainedTokenizerFast:
+def _pretrained(name_or_path: str, display: str | None = None) -> PreTrainedTokenizerFast:
     """Any fast HF tokenizer; roles follow spec §1.1: BOS = bos or cls, EOS = eos or sep, then [PAD] and
-    [MASK] are appended (in that order) when missing or when they would coincide with BOS/EOS."""
+    [MASK] are appended (in that order) when missing or when they would coincide with BOS/EOS.
+
+    display: the name as the config gave it (messages and the saved tokenizer carry it, not the real path).
+    """
+    display = display or name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:  # missing folder, unknown hub id, offline without a cache
-        raise ValueError(f"tokenizer.name_or_path: cannot load tokenizer {name_or_path!r}: {exc}") from exc
+        raise ValueError(f"tokenizer.name_or_path: cannot load tokenizer {display!r}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"tokenizer {name_or_path!r} has no fast (tokenizers) version; pick another one")
+        raise ValueError(f"tokenizer {display!r} has no fast (tokenizers) version; pick another one")
+    tokenizer.name_or_path = display
     bos = tokenizer.bos_token or tokenizer.cls_token
     eos = tokenizer.eos_token or tokenizer.sep_token
     if bos is None and eos is None:

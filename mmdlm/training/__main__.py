@@ -31,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from mmdlm.training import train
 
-    train(config)
+    result = train(config)
+    if result.stopped:  # SIGTERM: a clean exit after the checkpoint; `resume: auto` continues it
+        sys.stderr.write(
+            f"stopped by SIGTERM at step {result.step}: checkpoint written to {result.run_dir}\n"
+        )
     return 0
 
 

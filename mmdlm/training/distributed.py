@@ -92,3 +92,46 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class StopVote:
+    """Did any rank ask to stop? Agreed on without making any step wait for it.
+
+    `agreed()` is called once per step by every rank: it waits for the vote started at the previous call
+    (long finished by then, on a CPU gloo group of its own, so NCCL streams are untouched) and starts the
+    next one with this rank's `requested`. A request is therefore seen by all ranks together, one or two
+    steps after it was made. Without a process group it is just the local flag.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._group: Any = None
+        self._pending: tuple[Any, torch.Tensor] | None = None
+        if dist.is_available() and dist.is_initialized():
+            # every rank creates it, in the same order (a collective); gloo: the vote stays on the CPU
+            self._group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.new_group()
+
+    def agreed(self) -> bool:
+        if self._group is None:
+            return self.requested
+        decided = False
+        if self._pending is not None:
+            work, flag = self._pending
+            work.wait()
+            decided = bool(flag.item() > 0)
+        if decided:
+            self._pending = None
+            return True
+        flag = torch.tensor([1.0 if self.requested else 0.0])
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        self._pending = (work, flag)
+        return False
+
+    def close(self) -> None:
+        """Finish the vote in flight (every rank has one: they all call agreed() equally often)."""
+        if self._pending is not None:
+            self._pending[0].wait()
+            self._pending = None
+        if self._group is not None:
+            dist.destroy_process_group(self._group)
+            self._group = None

@@ -14,6 +14,12 @@ optimizer -> EMA -> loaders -> resume. One optimizer step:
 Rescaling after backward makes the update the gradient of the token mean over the global batch, whatever
 the split into micro-batches and ranks (tested against one big batch), and nothing in a step waits on the
 host: `.item()`-style syncs happen only at log, eval and checkpoint steps.
+
+SIGTERM (what torchrun forwards to every rank when it is stopped, and what Kubernetes sends before it
+kills a pod) does not kill a rank mid-step: the handler only raises a flag, the ranks agree on it through
+a CPU (gloo) all-reduce that is started after one step and waited for after the next (so no step waits
+on it), and at that step boundary every rank writes its part of a checkpoint and `train()` returns with
+`stopped=True` (no final model). A second SIGTERM kills at once.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -42,6 +49,7 @@ from mmdlm.families import Built, get_family
 from mmdlm.training import checkpoint as ckpt
 from mmdlm.training.distributed import (
     DistInfo,
+    StopVote,
     all_reduce_sum,
     barrier,
     broadcast_object,
@@ -69,6 +77,24 @@ class TrainResult:
     best_val: float | None
     final_dir: Path | None
     last_metrics: dict[str, Any]
+    stopped: bool = False  # ended early by SIGTERM, after a checkpoint at `step`
+
+
+def _catch_sigterm(vote: StopVote) -> Any:
+    """Turn SIGTERM into a stop request while training (main thread only: elsewhere signals cannot be
+    caught); returns the function that puts the previous handler back. A second SIGTERM kills."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, _frame: Any) -> None:
+        if vote.requested:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        vote.requested = True
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 class Trainer:
@@ -274,6 +300,9 @@ class Trainer:
         self._loop_start = time.perf_counter()
         train_time = 0.0
         steps_in_window = 0
+        stopped = False
+        vote = StopVote()
+        restore = _catch_sigterm(vote)
         try:
             while self.state.step < cfg.steps:
                 step = self.state.step
@@ -314,8 +343,17 @@ class Trainer:
                     self.save_checkpoint()
                 if done:
                     break
-            final_dir = self.save_final() if cfg.save_final else None
+                if vote.agreed():  # SIGTERM on some rank: every rank stops at this same step
+                    stopped = True
+                    log.warning("SIGTERM: checkpointing at step %d and stopping", self.state.step)
+                    if not self._saved_at_step():
+                        self.save_checkpoint()
+                    self.logger.log({"event": "sigterm", "step": self.state.step, "time": time.time()})
+                    break
+            vote.close()
+            final_dir = self.save_final() if cfg.save_final and not stopped else None
         finally:
+            restore()
             self.logger.close()
         return TrainResult(
             run_dir=self.run_dir,
@@ -324,6 +362,7 @@ class Trainer:
             best_val=self.state.best_val,
             final_dir=final_dir,
             last_metrics=last_metrics,
+            stopped=stopped,
         )
 
     def _log_train(self, acc: dict[str, Tensor], lr: float, train_time: float, steps: int) -> dict[str, Any]:
@@ -401,7 +440,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving
     def _saved_at_step(self) -> bool:
-        return (self.ckpt_root / ckpt.step_dir_name(self.state.step)).is_dir()
+        # Collective: rank 0's answer everywhere. On a multi-node job each node has its own run dir, and
+        # a rank whose disk said "not saved" would enter the collective save_checkpoint alone (a hang).
+        return bool(broadcast_object((self.ckpt_root / ckpt.step_dir_name(self.state.step)).is_dir()))
 
     def save_checkpoint(self) -> Path | None:
         """Collective: every rank contributes its RNG and loader state; rank 0 writes."""

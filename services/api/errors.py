@@ -1,24 +1,170 @@
-"""Error responses: every 4xx names what is wrong, and a 422 names the field.
+"""Error responses: every 4xx/5xx has ONE shape (`ErrorResponse`), and a 422 names the field.
 
-Shape: {"detail": "<field>: <message>[; ...]", "errors": [{"field", "message", "type"}]}. Tags of
-discriminated unions (`prepare-data`, `folder`) that pydantic puts in error locations are removed, so
-the field reads as the user wrote it: `source.path`, not `body.prepare-data.source.folder.path`.
+Shape: {"detail": "<field>: <message>[; ...]", "errors": [{"field", "message", "type"}]} for validation
+errors, HTTP errors (401, 404, 409, 413, ...), the database or store being down (503 + Retry-After) and
+the unexpected (500). Tags of discriminated unions (`prepare-data`, `folder`) that pydantic puts in
+error locations are removed, so the field reads as the user wrote it: `source.path`, not
+`body.prepare-data.source.folder.path`. `responses(...)` declares these in the OpenAPI.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qsl
 
+import psycopg
+import sqlalchemy.exc
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.common.errors import FieldError
 from services.common.store import StoreError, StoreUnavailableError
 
 logger = logging.getLogger(__name__)
+
+DB_RETRY_AFTER_S = 5
+"""Retry-After of a 503 while the database refuses connections or the pool is exhausted."""
+DB_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError, psycopg.OperationalError)
+"""Outage or exhaustion, not a bad request: PostgreSQL down/refusing, a dropped database, pool timeout."""
+
+
+class ErrorItem(BaseModel):
+    field: str = Field(description="dotted field name as the caller wrote it, e.g. `optimizer.lr`")
+    message: str
+    type: str = Field(description="pydantic error type, or http / reference / request / unavailable")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx/5xx answer of the gateway and the sampler."""
+
+    detail: str = Field(description="one line: `<field>: <message>[; ...]` or what went wrong")
+    errors: list[ErrorItem] = Field(default_factory=list, description="one item per field at fault")
+
+
+_DESCRIPTIONS = {
+    400: "Malformed request: a body that cannot be parsed, a malformed header",
+    401: "Missing, invalid, expired or revoked bearer token",
+    403: "Not allowed",
+    404: "Not found (or not yours)",
+    409: "Conflict with the resource's current state",
+    413: "Request too large",
+    422: "Invalid input; `errors` names each field",
+    500: "Internal error (see the server log)",
+    502: "An upstream service (object store, sampler) failed",
+    503: "A dependency (database, object store, sampler) is unavailable; retry after `Retry-After` seconds",
+    504: "An upstream service did not answer in time",
+    507: "The model does not fit the sampler's memory",
+}
+_EXAMPLES = {
+    401: {"detail": "invalid, expired or revoked token", "errors": []},
+    404: {"detail": "job not found", "errors": []},
+    409: {"detail": "job already succeeded; nothing to cancel", "errors": []},
+    422: {
+        "detail": "optimizer.lr: Input should be a finite number",
+        "errors": [{"field": "optimizer.lr", "message": "Input should be a finite number", "type": "finite_number"}],
+    },
+    503: {"detail": "database unavailable: retry later", "errors": [{"field": "database", "message": "connection refused", "type": "unavailable"}]},
+}  # fmt: skip
+COMMON = (400, 401, 422, 500, 503)
+"""Declared on every /v1 route: malformed request (a body that is not even JSON), auth, validation (any
+field, query or path value), internal, outage."""
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for these error codes, all with `ErrorResponse` and an example."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {"model": ErrorResponse, "description": _DESCRIPTIONS.get(code, "Error")}
+        example = _EXAMPLES.get(code)
+        if example is not None:
+            entry["content"] = {"application/json": {"example": example}}
+        out[code] = entry
+    return out
+
+
+def error_body(detail: str, errors: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    return {"detail": detail, "errors": list(errors)}
+
+
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]-]*): (.+)$", re.S)
+
+
+def http_error_body(detail: Any) -> dict[str, Any]:
+    """An HTTPException's detail in the one shape; `"<field>: <message>"` details name their field."""
+    text = detail if isinstance(detail, str) else str(detail)
+    match = _FIELD_PREFIX.match(text)
+    errors = [{"field": match[1], "message": match[2], "type": "http"}] if match else []
+    return error_body(text, errors)
+
+
+def db_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 + Retry-After: the request was fine, the database was not (down, dropped, pool exhausted)."""
+    reason = "connection pool exhausted" if isinstance(exc, sqlalchemy.exc.TimeoutError) else "unreachable"
+    logger.warning(
+        "database %s on %s %s: %s",
+        reason,
+        request.method,
+        request.url.path,
+        str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+    )
+    return JSONResponse(
+        error_body(
+            f"database {reason}: the service cannot serve this request now; retry in {DB_RETRY_AFTER_S} s",
+            [{"field": "database", "message": reason, "type": "unavailable"}],
+        ),
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+    )
+
+
+class RejectNul:
+    """Pure ASGI middleware: a NUL in the path or a query value is a 422 naming the parameter, before
+    routing reaches a handler or the database (PostgreSQL refuses NUL in text). A string check per
+    request; the slow path (which parameter?) runs only on a hit."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            field = None
+            if "\x00" in scope["path"]:
+                field = self._path_field(scope)
+            elif b"%00" in scope.get("query_string", b""):
+                query = scope["query_string"].decode("latin-1")
+                names = [k for k, v in parse_qsl(query, keep_blank_values=True) if "\x00" in k + v]
+                field = f"query.{names[0]}" if names else "query"
+            if field is not None:
+                message = "must not contain NUL characters (\\u0000)"
+                body = error_body(
+                    f"{field}: {message}", [{"field": field, "message": message, "type": "string_nul"}]
+                )
+                await JSONResponse(body, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)(
+                    scope, receive, send
+                )
+                return
+        await self.app(scope, receive, send)
+
+    def _path_field(self, scope: Scope) -> str:
+        """The path parameter holding the NUL, found by matching the path against the route templates."""
+        app = scope.get("app")
+        paths = app.openapi().get("paths", {}) if isinstance(app, FastAPI) else {}
+        for template in paths:
+            match = compile_path(template)[0].match(scope["path"])
+            if match is not None:
+                for name, value in match.groupdict().items():
+                    if "\x00" in value:
+                        return name
+        return "path"
+
 
 _LOCATIONS = ("body", "query", "path", "header", "cookie")
 
@@ -68,8 +214,8 @@ def _message(error: dict[str, Any], known_kinds: Sequence[str]) -> tuple[str, st
         return field, f"missing; expected one of {', '.join(known_kinds)}" if field == "kind" else "missing"
     if kind == "json_invalid":
         return "body", f"invalid JSON: {(error.get('ctx') or {}).get('error', msg)}"
-    if kind == "extra_forbidden":
-        return "", "unknown field (not part of this job kind's spec)"
+    if kind == "extra_forbidden":  # job specs, generate, completions, embed: name the field itself
+        return "", f"unknown field {str((error.get('loc') or ('',))[-1])!r}"
     return "", msg
 
 
@@ -84,9 +230,7 @@ def validation_response(
         field = field or field_path(error.get("loc", ()), body)
         items.append({"field": field, "message": message, "type": error.get("type", "")})
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in items)
-    return JSONResponse(
-        {"detail": detail, "errors": items}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
-    )
+    return JSONResponse(error_body(detail, items), status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 def install(app: FastAPI) -> None:
@@ -99,23 +243,42 @@ def install(app: FastAPI) -> None:
     async def on_field_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, FieldError)
         return JSONResponse(
-            {
-                "detail": str(exc),
-                "errors": [{"field": exc.field, "message": exc.message, "type": "reference"}],
-            },
+            error_body(str(exc), [{"field": exc.field, "message": exc.message, "type": "reference"}]),
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
         )
 
     async def on_store_error(_: Request, exc: Exception) -> JSONResponse:
         code = 503 if isinstance(exc, StoreUnavailableError) else 502
         logger.warning("object store error: %s", exc)
-        return JSONResponse({"detail": str(exc)}, status_code=code)
+        headers = {"Retry-After": str(DB_RETRY_AFTER_S)} if code == 503 else None
+        body = error_body(str(exc), [{"field": "store", "message": str(exc), "type": "unavailable"}])
+        return JSONResponse(body, status_code=code, headers=headers)
+
+    async def on_db_error(request: Request, exc: Exception) -> JSONResponse:
+        return db_unavailable(request, exc)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
+        return JSONResponse(error_body("internal error; see the server log"), status_code=500)
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(FieldError, on_field_error)
     app.add_exception_handler(StoreError, on_store_error)
+    install_common(app)
+    for exc_type in DB_ERRORS:
+        app.add_exception_handler(exc_type, on_db_error)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def install_common(app: FastAPI) -> None:
+    """What the gateway and the sampler share: HTTP errors in the one shape, and NUL refused in
+    paths and query values."""
+
+    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code < 400:  # e.g. a 304 raised on purpose: no body
+            return JSONResponse(None, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(http_error_body(exc.detail), status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_middleware(RejectNul)

@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.size_threadpool()
         try:
             state.store.check()
         except StoreError as exc:
@@ -65,12 +66,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.mmdlm = state
     errors.install(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
-    app.include_router(health.router)
-    app.include_router(jobs.build_router(kinds, job_create_type(kinds)))
-    app.include_router(job_priority.router)
-    app.include_router(events.router)
-    app.include_router(artifacts.router)
-    app.include_router(kinds_routes.router)
-    app.include_router(generate.router)
-    app.include_router(models.router)
+    # every route declares the one error schema (services.api.errors.ErrorResponse) for its errors
+    app.include_router(health.router, responses=errors.responses(422, 500))
+    v1 = errors.responses(*errors.COMMON)
+    app.include_router(jobs.build_router(kinds, job_create_type(kinds)), responses=v1)
+    app.include_router(job_priority.router, responses=v1)
+    app.include_router(events.router, responses=v1)
+    app.include_router(artifacts.router, responses=v1)
+    app.include_router(kinds_routes.router, responses=v1)
+    app.include_router(generate.router, responses=v1)
+    app.include_router(models.router, responses=v1)
     return app

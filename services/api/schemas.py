@@ -53,7 +53,25 @@ class Progress(BaseModel):
     message: str | None = None
 
 
+JOB_EXAMPLE: dict[str, Any] = {
+    "id": "3b8f0c2a9d1e4f5a8b7c6d5e4f3a2b1c", "kind": "train", "queue": "train", "status": "running",
+    "priority": 5, "attempt": 1, "max_attempts": 3, "cancel_requested": False,
+    "progress": {"step": 120, "total": 200, "message": "step 120/200"}, "error": None, "worker": "train@host-1",
+    "spec": {"kind": "train", "dataset": "0f8e5c1d2b3a4e6f8a9b0c1d2e3f4a5b", "steps": 200},
+    "artifacts": [], "created_at": "2026-01-01T10:00:00Z", "started_at": "2026-01-01T10:00:01Z",
+    "finished_at": None, "updated_at": "2026-01-01T10:02:00Z", "heartbeat_at": "2026-01-01T10:02:00Z",
+}  # fmt: skip
+ARTIFACT_EXAMPLE: dict[str, Any] = {
+    "id": "0f8e5c1d2b3a4e6f8a9b0c1d2e3f4a5b", "kind": "dataset", "name": "dataset",
+    "producer_job_id": "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d", "uri": "artifacts/9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d/dataset/",
+    "sha256": "5" * 64, "bytes": 1048576, "metadata": {"layout": "directory", "seq_len": 128},
+    "files": [{"path": "manifest.json", "sha256": "5" * 64, "bytes": 2048}], "created_at": "2026-01-01T10:00:00Z",
+}  # fmt: skip
+
+
 class JobPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})
+
     id: str
     kind: str
     queue: str
@@ -86,6 +104,10 @@ class JobPublic(BaseModel):
 
 
 class JobsPublic(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"data": [JOB_EXAMPLE], "count": 1, "limit": 50, "offset": 0}]}
+    )
+
     data: list[JobPublic]
     count: int = Field(description="total matching jobs (all pages)")
     limit: int
@@ -99,6 +121,8 @@ class ArtifactFile(BaseModel):
 
 
 class ArtifactPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ARTIFACT_EXAMPLE]})
+
     id: str
     kind: str
     name: str
@@ -122,6 +146,10 @@ class ArtifactPublic(BaseModel):
 
 
 class ArtifactsPublic(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"data": [ARTIFACT_EXAMPLE], "count": 1, "limit": 50, "offset": 0}]}
+    )
+
     data: list[ArtifactPublic]
     count: int
     limit: int
@@ -134,6 +162,9 @@ class MetricSeries(BaseModel):
 
 
 class MetricsPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "job_id": JOB_EXAMPLE["id"], "series": {"loss": {"steps": [10, 20], "values": [5.1, 4.7]}}}]})  # fmt: skip
+
     job_id: str
     series: dict[str, MetricSeries] = Field(description="metric name -> columns, ordered by step")
 
@@ -152,10 +183,17 @@ class EventPublic(BaseModel):
 
 
 class KindPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "train", "queue": "train", "description": "Train a model ...", "spec_schema": {"type": "object"},
+        "limits": {"max_procs": 8, "max_nodes": 1, "max_tokens": 10**12}}]})  # fmt: skip
+
     name: str
     queue: str
     description: str
     spec_schema: dict[str, Any]
+    limits: dict[str, Any] = Field(
+        default_factory=dict, description="this deployment's quotas for the kind (a job past one is refused)"
+    )
 
 
 def finite_or_none(value: float) -> float | None:

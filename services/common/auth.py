@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from services.common.models import ApiToken, User, utcnow
@@ -78,15 +78,17 @@ def user_for_token(session: Session, token: str, now: datetime | None = None) ->
     return row.user
 
 
-def revoke_tokens(session: Session, user_name: str) -> int:
+def revoke_tokens(session: Session, user_name: str) -> int | None:
+    """Revoke every live token of the user; the count, or None when there is no such user.
+
+    Only the database changes: an API process that cached a token (`MMDLM_TOKEN_CACHE_S`) refuses it
+    once that entry expires, so revocation holds everywhere within the cache time."""
     user = session.execute(select(User).where(User.name == user_name)).scalar_one_or_none()
     if user is None:
-        return 0
-    rows = session.execute(
-        select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
-    ).scalars()
-    count = 0
-    for row in rows:
-        row.revoked_at = utcnow()
-        count += 1
-    return count
+        return None
+    result = session.execute(
+        update(ApiToken)
+        .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

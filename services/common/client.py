@@ -44,7 +44,7 @@ class Event:
 
 class Client:
     def __init__(self, base_url: str, token: str | None = None, *, timeout_s: float = 30.0) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_api_url(base_url)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
 
@@ -63,7 +63,10 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ApiUnreachable(f"cannot reach the MM-DLM API at {self.base_url}: {exc}") from None
+            raise ApiUnreachable(
+                f"cannot reach the MM-DLM API at {self.base_url}: {_oneline(exc)} "
+                "(is `mmdlm serve` running there? MMDLM_API_URL sets the address)"
+            ) from None
         return _decode(response)
 
     # --- jobs ---------------------------------------------------------------------------------------
@@ -185,17 +188,50 @@ class Client:
         return artifact
 
 
+def check_api_url(url: str) -> str:
+    """`url` without its trailing slash, or a ClientError saying what a valid one looks like (an
+    invalid address is a user's mistake, not a crash of the client)."""
+    example = "e.g. http://127.0.0.1:8000"
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise ClientError(f"invalid MM-DLM API URL {url!r}: {_oneline(exc)} ({example})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ClientError(f"the MM-DLM API URL must be http(s)://host[:port], got {url!r} ({example})")
+    return url.rstrip("/")
+
+
+def _oneline(exc: BaseException | str) -> str:
+    """A message on one line (exceptions of httpx and of other servers may span several)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _not_the_api(response: httpx.Response) -> str:
+    kind = response.headers.get("content-type", "no content type").split(";")[0]
+    return f"a {kind} answer from {response.request.url}: is MMDLM_API_URL the MM-DLM API?"
+
+
 def _decode(response: httpx.Response) -> Any:
     if response.status_code >= 400:
         try:
             body = response.json()
             detail = body.get("detail", body) if isinstance(body, dict) else body
         except (json.JSONDecodeError, ValueError):
-            body, detail = None, response.text.strip() or response.reason_phrase
+            # not our JSON error: one short line, never a whole (HTML) page of another server
+            body, text = None, response.text.strip()
+            html = "html" in response.headers.get("content-type", "") or text.startswith("<")
+            if html or not text:
+                detail = f"{response.reason_phrase} ({_not_the_api(response)})"
+            else:
+                detail = _oneline(text.splitlines()[0][:200])
         raise ApiError(response.status_code, str(detail), body)
     if not response.content:
         return None
-    return response.json()
+    try:
+        return response.json()
+    except (json.JSONDecodeError, ValueError):
+        raise ClientError(_not_the_api(response)) from None
 
 
 def _parse_sse(lines: Iterator[str]) -> Iterator[Event]:

@@ -32,11 +32,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mmdlm.confine import PathRoots
 from services.common import artifacts, lifecycle
 from services.common.db import Database
 from services.common.errors import JobCancelled
 from services.common.lifecycle import Lease
 from services.common.models import Metric, utcnow
+from services.common.paths import Scrubber, user_roots
 from services.common.settings import Settings
 from services.common.store import ObjectStore
 
@@ -72,6 +74,7 @@ class JobContext:
         store: ObjectStore,
         settings: Settings,
         scratch_dir: Path,
+        data_roots: PathRoots | None = None,
     ) -> None:
         self.job_id = job_id
         self.kind = kind
@@ -84,6 +87,10 @@ class JobContext:
         self.store = store
         self.settings = settings
         self.scratch_dir = scratch_dir
+        # the owner's data roots: what the runner passes to the library (`mmdlm.confine`)
+        self.data_roots = data_roots if data_roots is not None else user_roots(settings, None)
+        # every line and message a user reads goes through it: no host paths (services.common.paths)
+        self.scrub = Scrubber(settings, scratch=scratch_dir, roots=self.data_roots)
         self.cancelled = threading.Event()
         self.cancel_reason: str | None = None
         self.lease_lost = False
@@ -98,7 +105,7 @@ class JobContext:
 
     def progress(self, step: int, total: int | None = None, message: str = "") -> None:
         """Where the job is: `step` of `total` (None when unknown), with a short phase message."""
-        value = (int(step), None if total is None else int(total), str(message)[:500])
+        value = (int(step), None if total is None else int(total), self.scrub(str(message))[:500])
         event = ("progress", {"step": value[0], "total": value[1], "message": value[2]})
         with self._lock:
             self._buffers.progress = value
@@ -112,7 +119,7 @@ class JobContext:
 
     def log(self, line: str, stream: str = "stdout") -> None:
         """One log line (kept in the job's event stream). Never blocks; floods are counted and dropped."""
-        text = str(line).rstrip("\n")
+        text = self.scrub(str(line).rstrip("\n"))
         if len(text) > MAX_LINE:
             text = text[:MAX_LINE] + f"... [{len(text) - MAX_LINE} characters cut]"
         with self._lock:

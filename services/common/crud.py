@@ -1,66 +1,121 @@
 """Read queries shared by the gateway and the kinds' `check` functions. Every query that takes an
-`owner_id` returns nothing for another user's rows, so a handler cannot leak them by mistake."""
+`owner_id` returns nothing for another user's rows, so a handler cannot leak them by mistake.
+
+The gateway's hot queries are built ONCE, here, with bound parameters: building a select per request
+(operators, coercions, the cache key) cost SQLAlchemy about as much CPU as running it on SQLite, and a
+prebuilt statement also memoizes its compiled-cache key. Values always travel as parameters, never as
+literals, so the compiled cache and PostgreSQL's prepared statements (psycopg prepares a query it has
+run `prepare_threshold` times on a connection) are reused. The read paths take a Core `Connection`
+(`Database.read()`) and return job-shaped rows: the ORM's identity map and instance loading were the
+other half of the cost. A row has the same attribute names as `Job` (`JobPublic.of` takes either).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, Row, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from services.common.auth import Principal
 from services.common.errors import FieldError
 from services.common.models import Artifact, Job, JobEvent, Metric
 
+_jobs = Job.__table__
+_OWNED_JOB = select(Job).where(Job.id == bindparam("job_id"), Job.owner_id == bindparam("owner_id"))
+_JOB_WITH_ARTIFACTS = (
+    select(_jobs, Artifact.id.label("artifact_id"))
+    .outerjoin(Artifact, Artifact.producer_job_id == Job.id)
+    .where(Job.id == bindparam("job_id"), Job.owner_id == bindparam("owner_id"))
+    .order_by(Artifact.created_at)
+)
+_EVENTS_AFTER = (
+    select(JobEvent.id, JobEvent.type, JobEvent.data, JobEvent.created_at)
+    .where(JobEvent.job_id == bindparam("job_id"), JobEvent.id > bindparam("after_id"))
+    .order_by(JobEvent.id)
+    .limit(bindparam("limit"))
+)
+_JOB_STATUS = select(Job.status).where(Job.id == bindparam("job_id"))
+_OWNED_JOB_STATUS = select(Job.status).where(
+    Job.id == bindparam("job_id"), Job.owner_id == bindparam("owner_id")
+)
+_ARTIFACT_IDS = (
+    select(Artifact.producer_job_id, Artifact.id)
+    .where(Artifact.producer_job_id.in_(bindparam("job_ids", expanding=True)))
+    .order_by(Artifact.created_at)
+)
+_OWNED_ARTIFACT = select(Artifact).where(
+    Artifact.id == bindparam("artifact_id"), Artifact.owner_id == bindparam("owner_id")
+)
+
+
+def _job_list_statements(with_status: bool, with_kind: bool) -> tuple[Any, Any]:
+    filters = [Job.owner_id == bindparam("owner_id")]
+    if with_status:
+        filters.append(Job.status.in_(bindparam("status", expanding=True)))
+    if with_kind:
+        filters.append(Job.kind == bindparam("kind"))
+    count = select(func.count()).select_from(_jobs).where(*filters)
+    page = (
+        select(_jobs)
+        .where(*filters)
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
+    return count, page
+
+
+_JOB_LISTS = {(s, k): _job_list_statements(s, k) for s in (False, True) for k in (False, True)}
+
 
 def get_job(session: Session, job_id: str, owner_id: int) -> Job | None:
-    return session.execute(select(Job).where(Job.id == job_id, Job.owner_id == owner_id)).scalar_one_or_none()
+    return session.execute(_OWNED_JOB, {"job_id": job_id, "owner_id": owner_id}).scalar_one_or_none()
 
 
-def get_job_with_artifacts(session: Session, job_id: str, owner_id: int) -> tuple[Job, list[str]] | None:
-    """The job and the ids of the artifacts it produced, in ONE query (the status hot path)."""
-    rows = session.execute(
-        select(Job, Artifact.id)
-        .outerjoin(Artifact, Artifact.producer_job_id == Job.id)
-        .where(Job.id == job_id, Job.owner_id == owner_id)
-        .order_by(Artifact.created_at)
-    ).all()
+def get_job_with_artifacts(
+    conn: Connection | Session, job_id: str, owner_id: int
+) -> tuple[Row[Any], list[str]] | None:
+    """The job (a row shaped like `Job`) and the ids of the artifacts it produced, in ONE query (the
+    status hot path)."""
+    rows = conn.execute(_JOB_WITH_ARTIFACTS, {"job_id": job_id, "owner_id": owner_id}).all()
     if not rows:
         return None
-    return rows[0][0], [artifact_id for _, artifact_id in rows if artifact_id is not None]
+    return rows[0], [row.artifact_id for row in rows if row.artifact_id is not None]
+
+
+def job_status(conn: Connection | Session, job_id: str, owner_id: int | None = None) -> str | None:
+    """The job's status; None if it does not exist (or, given `owner_id`, is not that user's)."""
+    if owner_id is None:
+        return conn.execute(_JOB_STATUS, {"job_id": job_id}).scalar_one_or_none()
+    return conn.execute(_OWNED_JOB_STATUS, {"job_id": job_id, "owner_id": owner_id}).scalar_one_or_none()
 
 
 def list_jobs(
-    session: Session,
+    conn: Connection | Session,
     owner_id: int,
     *,
     status: Sequence[str] = (),
     kind: str | None = None,
     limit: int = 50,
     offset: int = 0,
-) -> tuple[list[Job], int]:
-    """A page of the user's jobs, newest first, and the total count for the same filters."""
-    filters = [Job.owner_id == owner_id]
+) -> tuple[list[Row[Any]], int]:
+    """A page of the user's jobs (rows shaped like `Job`), newest first, and the total count for the
+    same filters."""
+    count, page = _JOB_LISTS[bool(status), bool(kind)]
+    params: dict[str, Any] = {"owner_id": owner_id, "limit": limit, "offset": offset}
     if status:
-        filters.append(Job.status.in_(list(status)))
+        params["status"] = list(status)
     if kind:
-        filters.append(Job.kind == kind)
-    total = session.execute(select(func.count()).select_from(Job).where(*filters)).scalar_one()
-    rows = session.execute(
-        select(Job).where(*filters).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
-    ).scalars()
-    return list(rows), int(total)
+        params["kind"] = kind
+    total = conn.execute(count, params).scalar_one()
+    return list(conn.execute(page, params).all()), int(total)
 
 
-def events_after(session: Session, job_id: str, after_id: int, limit: int = 500) -> list[JobEvent]:
-    return list(
-        session.execute(
-            select(JobEvent)
-            .where(JobEvent.job_id == job_id, JobEvent.id > after_id)
-            .order_by(JobEvent.id)
-            .limit(limit)
-        ).scalars()
-    )
+def events_after(conn: Connection | Session, job_id: str, after_id: int, limit: int = 500) -> list[Row[Any]]:
+    """Events with an id above `after_id`, oldest first: rows of (id, type, data, created_at)."""
+    return list(conn.execute(_EVENTS_AFTER, {"job_id": job_id, "after_id": after_id, "limit": limit}).all())
 
 
 def job_metrics(
@@ -85,7 +140,7 @@ def job_metrics(
 
 def get_artifact(session: Session, artifact_id: str, owner_id: int) -> Artifact | None:
     return session.execute(
-        select(Artifact).where(Artifact.id == artifact_id, Artifact.owner_id == owner_id)
+        _OWNED_ARTIFACT, {"artifact_id": artifact_id, "owner_id": owner_id}
     ).scalar_one_or_none()
 
 
@@ -114,14 +169,10 @@ def list_artifacts(
     return list(rows), int(total)
 
 
-def job_artifact_ids(session: Session, job_ids: Sequence[str]) -> dict[str, list[str]]:
+def job_artifact_ids(conn: Connection | Session, job_ids: Sequence[str]) -> dict[str, list[str]]:
     if not job_ids:
         return {}
-    rows = session.execute(
-        select(Artifact.producer_job_id, Artifact.id)
-        .where(Artifact.producer_job_id.in_(list(job_ids)))
-        .order_by(Artifact.created_at)
-    ).all()
+    rows = conn.execute(_ARTIFACT_IDS, {"job_ids": list(job_ids)}).all()
     out: dict[str, list[str]] = {}
     for job_id, artifact_id in rows:
         out.setdefault(job_id, []).append(artifact_id)

@@ -55,7 +55,8 @@ def _render(
         progress.update(task, completed=data.get("step") or 0, total=total)
     elif event.type == "log" and show_logs:
         style = "red" if data.get("stream") == "stderr" else None
-        console.print(data.get("line", ""), style=style, markup=False, highlight=False)
+        # soft_wrap: a log line stays one line (greppable, copyable), never cut at the terminal width
+        console.print(data.get("line", ""), style=style, markup=False, highlight=False, soft_wrap=True)
     elif event.type == "state":
         text = f"state: {data.get('status')}"
         if data.get("attempt"):
@@ -66,9 +67,12 @@ def _render(
             text += f": {data['error']}"
         if data.get("retry_in_s") is not None:
             text += f" (retry in {data['retry_in_s']}s)"
-        console.print(text, style="bold" if data.get("status") != "failed" else "bold red", markup=False)
+        style = "bold" if data.get("status") != "failed" else "bold red"
+        console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
     elif event.type == "artifact":
         console.print(
-            f"artifact: {data.get('kind')} {data.get('name')!r} -> {data.get('artifact_id')}", markup=False
+            f"artifact: {data.get('kind')} {data.get('name')!r} -> {data.get('artifact_id')}",
+            markup=False,
+            soft_wrap=True,
         )
     return task, last_phase

@@ -40,6 +40,14 @@ def head_revision() -> str:
     return heads[0]
 
 
+def known_revisions() -> set[str]:
+    """Every revision this code's migration scripts know (a database at any other one is newer)."""
+    return {
+        script.revision
+        for script in ScriptDirectory.from_config(alembic_config("sqlite://")).walk_revisions()
+    }
+
+
 def current_revision(url: str) -> str | None:
     engine = make_engine(url, one_shot=True)
     try:

@@ -6,7 +6,8 @@ Outcome rules:
   PermanentError, a kind's permanent_errors, an invalid stored spec -> failed, no retry
   any other exception                 -> retrying with exponential backoff while attempts remain, then failed
   the lease was lost                  -> nothing is recorded: whoever holds the job now decides
-The exception message becomes the job's error; the traceback goes to the job log (stream stderr).
+The exception message becomes the job's error; the traceback goes to the job log (stream stderr);
+both with host paths replaced by placeholders (`services.common.paths.Scrubber`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from services.common import lifecycle
+from services.common import lifecycle, paths
 from services.common.context import JobContext, JobMonitor
 from services.common.db import Database
 from services.common.errors import FieldError, JobCancelled, PermanentError
 from services.common.kinds import get_kind
 from services.common.lifecycle import ClaimedJob
 from services.common.models import JobStatus
+from services.common.paths import Scrubber
 from services.common.settings import Settings
 from services.common.store import ObjectStore, StoreError
 
@@ -63,14 +65,25 @@ def run_claimed(
         kind = get_kind(claim.kind)
         spec = kind.spec.model_validate(claim.spec)
     except (KeyError, ValidationError) as exc:
-        message = f"cannot run this job here: {exc}"
+        message = Scrubber(settings)(f"cannot run this job here: {exc}")
         return lifecycle.finish_failed(db, lease, message, retryable=False, backoff_base_s=0, backoff_max_s=0)
+    # Defence in depth: the paths were checked at submit, but a symlink may have changed since, and the
+    # owner's roots are those of this worker's configuration.
+    roots = paths.owner_roots(settings, db, claim.owner_id)
+    try:
+        paths.check_spec_paths(spec, roots)
+        spec = paths.resolve_model_refs(spec, roots)
+    except FieldError as exc:
+        return lifecycle.finish_failed(
+            db, lease, str(exc), retryable=False, backoff_base_s=0, backoff_max_s=0
+        )
 
     scratch = scratch_dir_for(settings, claim.id)
     scratch.mkdir(parents=True, exist_ok=True)
     ctx = JobContext(
         job_id=claim.id, kind=claim.kind, spec=spec, attempt=claim.attempt, max_attempts=claim.max_attempts,
         owner_id=claim.owner_id, lease=lease, db=db, store=store, settings=settings, scratch_dir=scratch,
+        data_roots=roots,
     )  # fmt: skip
     monitor = JobMonitor(ctx, kill_on_stuck_cancel=kill_on_stuck_cancel).start()
     error: BaseException | None = None
@@ -103,7 +116,7 @@ def run_claimed(
     else:
         permanent = isinstance(error, (PermanentError, FieldError, *kind.permanent_errors))
         status = lifecycle.finish_failed(
-            db, lease, describe_error(error), retryable=not permanent,
+            db, lease, ctx.scrub(describe_error(error)), retryable=not permanent,
             backoff_base_s=settings.retry_backoff_s, backoff_max_s=settings.retry_backoff_max_s,
         )  # fmt: skip
     logger.info("job %s: attempt %d ended %s%s", claim.id, claim.attempt, status,

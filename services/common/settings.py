@@ -8,6 +8,8 @@ Production points `MMDLM_DATABASE_URL` at PostgreSQL, `MMDLM_BROKER_URL` at Redi
 
 from __future__ import annotations
 
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -77,6 +79,21 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="after this a runner ignoring cancel is killed"
     )
     keep_scratch: bool = Field(default=False, description="keep a succeeded job's scratch dir")
+    startup_checks: bool = Field(
+        default=True,
+        description="workers (and `mmdlm migrate`) check broker, database and store at start and exit "
+        "with one line if one is unusable",
+    )
+    startup_wait_s: float = Field(
+        default=10.0, ge=0, le=3600, description="how long those start-up checks retry an unreachable service"
+    )
+    data_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="folders job specs may name local paths in (folder sources, local tokenizers and "
+        "models), separated by os.pathsep or commas; `{user}` in a root is the submitting user's name "
+        "(each user sees only their own folder); relative spec paths start in the first root; "
+        "empty = home/data; `none` = no local paths at all",
+    )
     kind_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra modules that register job kinds (comma separated)"
     )
@@ -108,6 +125,13 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in re.split(rf"[,{re.escape(os.pathsep)}]", value) if part.strip()]
+        return value
+
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
@@ -126,6 +150,12 @@ class Settings(BaseSettings):
             self.work_dir = self.home / "work"
         if self.cache_dir is None:
             self.cache_dir = self.home / "cache"
+        if not self.data_roots:
+            self.data_roots = [str(self.home / "data")]
+        elif [r.lower() for r in self.data_roots] == ["none"]:
+            self.data_roots = []
+        # absolute, so that the API and workers started from other folders agree
+        self.data_roots = [os.path.abspath(os.path.expanduser(r)) for r in self.data_roots]
         if self.store_backend == "s3":
             missing = [
                 name

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from celery import Celery, signals
 from sqlalchemy import select
 
-from services.common import lifecycle
+from services.common import lifecycle, preflight
 from services.common.db import Database, dispose_inherited
 from services.common.kinds import QUEUES, load_kinds
 from services.common.migrate import upgrade
@@ -186,6 +186,12 @@ def run_worker(
     unknown = sorted(set(queues) - set(QUEUES))
     if unknown:
         raise ValueError(f"unknown queues {unknown}; choose from {list(QUEUES)}")
+    # Fail at start, in one line (PreflightError), rather than in Celery's connection retries later.
+    preflight.check_urls(settings, broker=True)
+    if settings.startup_checks:
+        preflight.require(
+            settings, preflight.worker_checks(settings, schema=not settings.should_auto_migrate)
+        )
     if settings.should_auto_migrate:
         upgrade(settings.database_url)
     app, _ = build_worker_app(settings)

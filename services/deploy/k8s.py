@@ -389,6 +389,161 @@ def embedded_objects(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]
             )
 
 
+# --- upstream CRDs ------------------------------------------------------------------------------------------
+
+
+def _openapi_to_jsonschema(node: Any) -> Any:
+    """A CRD's structural OpenAPI v3 schema as a strict JSON schema (draft 4 keywords): objects with
+    `properties` refuse unknown fields (as `kubectl apply --validate=strict` and the API server's
+    strict field validation do) unless marked x-kubernetes-preserve-unknown-fields; int-or-string and
+    nullable become their JSON-schema spelling. CEL rules (x-kubernetes-validations) are not checked."""
+    if isinstance(node, list):
+        return [_openapi_to_jsonschema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _openapi_to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+    out.pop("nullable", None)
+    out.pop("format", None)  # int32/int64/date-time...: not assertions in JSON schema either
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if "properties" in node and "additionalProperties" not in node:
+        if not node.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+@lru_cache(maxsize=16)
+def _crd_validator(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    crd = yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    versions = {
+        v["name"]: _openapi_to_jsonschema(v["schema"]["openAPIV3Schema"])
+        for v in crd["spec"]["versions"]
+        if v.get("served", True)
+    }
+    return crd, versions
+
+
+def validate_against_crd(obj: dict[str, Any], crd_path: str | Path) -> list[str]:
+    """An object against an upstream CustomResourceDefinition (its served version's schema, strict),
+    plus group/version/kind, scope and metadata.name; every problem with its field path."""
+    import jsonschema
+
+    crd, versions = _crd_validator(str(crd_path))
+    names = crd["spec"]["names"]
+    group, _, version = str(obj.get("apiVersion", "")).rpartition("/")
+    if obj.get("kind") != names["kind"] or group != crd["spec"]["group"]:
+        return [f"{_describe(obj)}: not a {crd['spec']['group']} {names['kind']}"]
+    if version not in versions:
+        return [f"{_describe(obj)}: version {version} is not served (served: {sorted(versions)})"]
+    namespaced = crd["spec"]["scope"] == "Namespaced"
+    problems = [
+        f"{_describe(obj)}: metadata.{_path(e.absolute_path)}: {e.message}"
+        for e in jsonschema.Draft202012Validator(_metadata(namespaced)).iter_errors(obj.get("metadata") or {})
+    ]
+    if namespaced and not (obj.get("metadata") or {}).get("namespace"):
+        problems.append(f"{_describe(obj)}: metadata.namespace: required for a namespaced kind")
+    validator = jsonschema.Draft4Validator(versions[version])
+    errors = sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path])
+    problems += [f"{_describe(obj)}: {_path(e.absolute_path)}: {_message(e)}" for e in errors]
+    return problems
+
+
+# --- NetworkPolicy reachability -----------------------------------------------------------------------------
+
+
+def selector_matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels + matchExpressions) against labels; {} matches everything."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def _port_matches(
+    ports: list[dict[str, Any]] | None, port: int, protocol: str, named: dict[str, int]
+) -> bool:
+    if not ports:
+        return True
+    for entry in ports:
+        if entry.get("protocol", "TCP") != protocol:
+            continue
+        value = entry.get("port")
+        if value is None:
+            return True
+        number = named.get(value) if isinstance(value, str) else value
+        if number is not None and number <= port <= entry.get("endPort", number):
+            return True
+    return False
+
+
+def _peer_matches(peer: dict[str, Any], namespace: str, labels: dict[str, str], ns_labels: dict[str, str],
+                  own_namespace: str) -> bool:  # fmt: skip
+    if "ipBlock" in peer:
+        return False  # pod-to-pod traffic is judged by selectors here
+    if "namespaceSelector" in peer:
+        if not selector_matches(peer["namespaceSelector"], ns_labels):
+            return False
+    elif namespace != own_namespace:
+        return False
+    return selector_matches(peer.get("podSelector"), labels) if "podSelector" in peer else True
+
+
+def network_allows(
+    policies: Iterable[dict[str, Any]],
+    *,
+    src: tuple[str, dict[str, str]],
+    dst: tuple[str, dict[str, str]],
+    port: int,
+    protocol: str = "TCP",
+    named_ports: dict[str, int] | None = None,
+) -> bool:
+    """Whether NetworkPolicy semantics let a pod (namespace, labels) reach another on a port: the
+    destination's ingress and the source's egress must both allow it (a pod no policy selects for a
+    direction is open in that direction)."""
+    policies = [p for p in policies if p.get("kind") == "NetworkPolicy"]
+    named = named_ports or {}
+
+    def direction_allows(
+        kind: str, own: tuple[str, dict[str, str]], peer: tuple[str, dict[str, str]]
+    ) -> bool:
+        key = "ingress" if kind == "Ingress" else "egress"
+        peers_key = "from" if kind == "Ingress" else "to"
+        selecting = [
+            p for p in policies
+            if (p["metadata"].get("namespace") or "default") == own[0]
+            and kind in (p["spec"].get("policyTypes") or (["Ingress", "Egress"] if "egress" in p["spec"] else ["Ingress"]))
+            and selector_matches(p["spec"].get("podSelector"), own[1])
+        ]  # fmt: skip
+        if not selecting:
+            return True
+        peer_ns_labels = {"kubernetes.io/metadata.name": peer[0]}
+        for policy in selecting:
+            for rule in policy["spec"].get(key) or []:
+                if not _port_matches(rule.get("ports"), port, protocol, named):
+                    continue
+                peers = rule.get(peers_key)
+                if not peers or any(
+                    _peer_matches(x, peer[0], peer[1], peer_ns_labels, own[0]) for x in peers
+                ):
+                    return True
+        return False
+
+    return direction_allows("Ingress", dst, src) and direction_allows("Egress", src, dst)
+
+
 def validate_object(obj: dict[str, Any], version: str = KUBERNETES_VERSION) -> list[str]:
     """Problems of one manifest object ([] when it is valid)."""
     if not isinstance(obj, dict) or "apiVersion" not in obj or "kind" not in obj:

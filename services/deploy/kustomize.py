@@ -1,7 +1,10 @@
 """Render a kustomization without the kustomize binary: the subset the files in `k8s/` use.
 
 Supported fields: `resources` (YAML files and directories holding a kustomization), `images` (name ->
-newName/newTag/digest on every container and init container), and `patches` as JSON 6902 operations
+newName/newTag/digest on every container and init container), `configMapGenerator` (`name`,
+`namespace`, `behavior` create|merge, `files`, `literals`; the name gets kustomize's content-hash suffix
+and every reference from a pod spec follows it, so a change of content rolls the pods), and `patches` as
+JSON 6902 operations
 (a `path` to a YAML/JSON list of operations, or an inline `patch`) with a `target` of `kind`, `name`
 (a regular expression matched against the whole name, as kustomize does), `namespace`, `group`,
 `version`. Anything else (namespace/label transformers, generators, strategic-merge patches) raises
@@ -12,6 +15,7 @@ Users apply the same directories with `kubectl apply -k`; tests/deploy compares 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 import shutil
@@ -23,7 +27,8 @@ from typing import Any
 import yaml
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
-SUPPORTED = {"apiVersion", "kind", "resources", "images", "patches"}
+SUPPORTED = {"apiVersion", "kind", "resources", "configMapGenerator", "images", "patches"}
+_GENERATED = "__kustomize_generated__"  # marks a generated ConfigMap until its hash suffix is set
 
 
 class KustomizeError(ValueError):
@@ -48,7 +53,12 @@ def kustomization_file(directory: Path) -> Path:
 
 def render(directory: str | Path) -> list[dict[str, Any]]:
     """The objects `kubectl kustomize DIRECTORY` would print (same content; order may differ)."""
-    directory = Path(directory)
+    objects = _render(Path(directory))
+    _apply_name_hashes(objects)
+    return objects
+
+
+def _render(directory: Path) -> list[dict[str, Any]]:
     path = kustomization_file(directory)
     spec = yaml.safe_load(path.read_text()) or {}
     unknown = sorted(set(spec) - SUPPORTED)
@@ -61,12 +71,14 @@ def render(directory: str | Path) -> list[dict[str, Any]]:
     for entry in spec.get("resources") or []:
         target = (directory / entry).resolve()
         if target.is_dir():
-            objects.extend(render(target))
+            objects.extend(_render(target))
         elif target.is_file():
             objects.extend(load_yaml_documents(target))
         else:
             raise KustomizeError(f"{path}: resource {entry!r} does not exist")
     _check_unique(objects, path)
+    for generator in spec.get("configMapGenerator") or []:
+        _generate_config_map(objects, generator, directory, path)
     for patch in spec.get("patches") or []:
         _apply_patch(objects, patch, directory, path)
     for image in spec.get("images") or []:
@@ -86,6 +98,107 @@ def _check_unique(objects: list[dict[str, Any]], path: Path) -> None:
         if key in seen:
             raise KustomizeError(f"{path}: {key[1]} {key[2]}/{key[3]} is defined twice")
         seen.add(key)
+
+
+# --- generators ------------------------------------------------------------------------------------------------
+
+GENERATOR_FIELDS = {"name", "namespace", "behavior", "files", "literals"}
+
+
+def _generate_config_map(
+    objects: list[dict[str, Any]], generator: dict[str, Any], directory: Path, path: Path
+) -> None:
+    unknown = sorted(set(generator) - GENERATOR_FIELDS)
+    if unknown or "name" not in generator:
+        raise UnsupportedKustomization(
+            f"{path}: configMapGenerator needs `name` and supports only {sorted(GENERATOR_FIELDS)} (got {unknown})"
+        )
+    data: dict[str, str] = {}
+    for entry in generator.get("files") or []:
+        key, _, file = str(entry).rpartition("=")
+        source = directory / file
+        if not source.is_file():
+            raise KustomizeError(f"{path}: configMapGenerator {generator['name']}: no file {file!r}")
+        data[key or source.name] = source.read_text()
+    for literal in generator.get("literals") or []:
+        key, sep, value = str(literal).partition("=")
+        if not sep:
+            raise KustomizeError(f"{path}: configMapGenerator literal {literal!r} is not KEY=VALUE")
+        data[key] = value
+    name, namespace = generator["name"], generator.get("namespace", "")
+    behavior = generator.get("behavior", "create")
+    existing = [
+        o
+        for o in objects
+        if o.get("kind") == "ConfigMap"
+        and o["metadata"]["name"] == name
+        and o["metadata"].get("namespace", "") == namespace
+    ]
+    if behavior == "merge":
+        if not existing or not existing[0].get(_GENERATED):
+            raise KustomizeError(f"{path}: configMapGenerator {name} merges into no generated ConfigMap")
+        existing[0].setdefault("data", {}).update(data)
+        return
+    if behavior != "create":
+        raise UnsupportedKustomization(f"{path}: configMapGenerator behavior {behavior!r} is not supported")
+    if existing:
+        raise KustomizeError(f"{path}: ConfigMap {name} exists already (use behavior: merge)")
+    metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+    objects.append(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data, _GENERATED: True}
+    )
+
+
+def config_map_hash(data: dict[str, str]) -> str:
+    """kustomize's name suffix of a generated ConfigMap: sha256 of the JSON of kind, data and an empty
+    name (kustomize looks the name up under a path that never matches), as Go's json.Marshal writes it."""
+    text = json.dumps(
+        {"data": data, "kind": "ConfigMap", "name": ""},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    escapes = (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    )
+    for char, escaped in escapes:
+        text = text.replace(char, escaped)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return digest.translate(str.maketrans("013ae", "ghkmt"))
+
+
+def _apply_name_hashes(objects: list[dict[str, Any]]) -> None:
+    renamed: dict[tuple[str, str], str] = {}
+    for obj in objects:
+        if obj.pop(_GENERATED, False):
+            meta = obj["metadata"]
+            new = f"{meta['name']}-{config_map_hash(obj.get('data') or {})}"
+            renamed[(meta.get("namespace", ""), meta["name"])] = new
+            meta["name"] = new
+    if not renamed:
+        return
+    for obj in objects:
+        namespace = (obj.get("metadata") or {}).get("namespace", "")
+        _rename_references(obj.get("spec"), namespace, renamed)
+
+
+def _rename_references(node: Any, namespace: str, renamed: dict[tuple[str, str], str]) -> None:
+    """ConfigMap names in pod specs: envFrom configMapRef, env configMapKeyRef, (projected) volumes."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("configMapRef", "configMapKeyRef", "configMap") and isinstance(value, dict):
+                new = renamed.get((namespace, str(value.get("name", ""))))
+                if new is not None:
+                    value["name"] = new
+            else:
+                _rename_references(value, namespace, renamed)
+    elif isinstance(node, list):
+        for item in node:
+            _rename_references(item, namespace, renamed)
 
 
 # --- patches ---------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from sqlalchemy import select
 
 from mmdlm.config.data import FolderSource, PrepareDataConfig
 from mmdlm.config.latent import EncodeConfig, EncoderConfig
+from mmdlm.confine import PathRoots
 from mmdlm.data.latent import (
     LATENT_FORMAT,
     LatentDataset,
@@ -152,6 +153,8 @@ def _prepare_texts(ctx: JobContext, spec: EncodeSpec) -> str:
             validation_fraction=spec.validation_fraction, max_documents=spec.max_documents, seed=spec.seed,
         ),
         out,
+        # the user's tokenizer folder must lie in their roots; the texts folder is this job's own
+        roots=PathRoots((*ctx.data_roots.roots, folder.resolve())),
     )  # fmt: skip
     artifact = ctx.publish_directory(
         out, kind="dataset", name=SOURCE_NAME,

@@ -21,6 +21,7 @@ from mmdlm.config.latent import EncodeConfig
 from services.common.crud import require_artifact
 from services.common.errors import FieldError
 from services.common.kinds import JobKind, register
+from services.common.paths import check_user_paths
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -84,6 +85,7 @@ class EncodeShardSpec(StrictModel):
 
 
 def check_encode(spec: EncodeSpec, session: Session, user: Principal) -> None:
+    check_user_paths(spec, user.name)  # a local encoder or tokenizer folder: in the user's data roots
     if spec.dataset is not None:
         require_artifact(session, user, spec.dataset, field="dataset", kind="dataset")
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from mmdlm.config.data import PrepareDataConfig
 from services.common.kinds import JobKind, register
+from services.common.paths import check_user_paths
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from services.common.auth import Principal
 
 
 class PrepareDataSpec(PrepareDataConfig):
@@ -17,12 +23,18 @@ class PrepareDataSpec(PrepareDataConfig):
         return PrepareDataConfig.model_validate(self.model_dump(exclude={"kind"}))
 
 
+def check(spec: PrepareDataSpec, session: Session, user: Principal) -> None:  # noqa: ARG001
+    """A folder source (or a local tokenizer or dataset folder) must lie in the user's data roots."""
+    check_user_paths(spec, user.name)
+
+
 PREPARE_DATA = register(
     JobKind(
         name="prepare-data",
         spec=PrepareDataSpec,
         queue="encode",
         runner="services.encoder.prepare:run",
+        check=check,  # type: ignore[arg-type]
         # prepare_dataset raises these for bad input (empty source, bad JSONL, missing folder or corpus package):
         # trying again cannot help.
         permanent_errors=(ValueError, FileNotFoundError, NotADirectoryError, ModuleNotFoundError),

@@ -28,7 +28,8 @@ def run(ctx: JobContext) -> None:
         if ctx.cancelled.is_set():
             raise JobCancelled(ctx.cancel_reason or "cancelled")
 
-    manifest = prepare_dataset(spec.to_config(), out_dir, progress)
+    # the library resolves the source and tokenizer paths again, inside the owner's roots, as it reads
+    manifest = prepare_dataset(spec.to_config(), out_dir, progress, roots=ctx.data_roots)
     ctx.check_cancelled()
     splits = {
         name: {"documents": s.documents, "tokens": s.tokens, "rows": s.rows}

@@ -30,10 +30,11 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 import mmdlm
-from services.api.errors import validation_response
+from services.api.errors import DB_ERRORS, db_unavailable, error_body, install_common, validation_response
 from services.api.state import TokenCache
 from services.common.auth import Principal, hash_token, user_for_token
 from services.common.db import Database
+from services.common.paths import resolve_model_refs, user_roots
 from services.common.settings import Settings, get_settings
 from services.common.store import StoreError, StoreUnavailableError, open_store
 from services.sampler.completions import build_jobs, complete_response, stream_completion, stream_states
@@ -185,9 +186,11 @@ def create_app(settings: Settings | None = None, config: SamplerSettings | None 
         return complete_response(body, jobs, list(results), svc)
 
     @app.post("/v1/embed", response_model=EmbedResponse)
-    async def embed(body: EmbedRequest, _: UserDep, svc: ServiceDep) -> EmbedResponse:
+    async def embed(body: EmbedRequest, user: UserDep, svc: ServiceDep) -> EmbedResponse:
         """Sentence embeddings (413 past MMDLM_SAMPLER_EMBED_MAX_BATCH texts, 422 past
         MMDLM_SAMPLER_EMBED_MAX_CHARS characters in one text)."""
+        # a local encoder.model folder must lie in the caller's data roots (FieldError -> 422)
+        body = resolve_model_refs(body, user_roots(svc.settings, user.name))  # type: ignore[assignment]
         return await svc.embed(body)
 
     return app
@@ -210,18 +213,27 @@ def _install_errors(app: FastAPI) -> None:
     async def on_value_error(request: Request, exc: Exception) -> JSONResponse:
         # the library refused something the resolver let through: still the caller's input, say what
         logger.warning("%s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return JSONResponse(error_body(str(exc)), status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     async def on_store_error(_: Request, exc: Exception) -> JSONResponse:
         code = 503 if isinstance(exc, StoreUnavailableError) else 502
-        return JSONResponse({"detail": f"object store: {exc}"}, status_code=code)
+        body = error_body(
+            f"object store: {exc}", [{"field": "store", "message": str(exc), "type": "unavailable"}]
+        )
+        return JSONResponse(body, status_code=code)
+
+    async def on_db_error(request: Request, exc: Exception) -> JSONResponse:
+        return db_unavailable(request, exc)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"detail": "internal error; see the sampler log"}, status_code=500)
+        return JSONResponse(error_body("internal error; see the sampler log"), status_code=500)
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(RequestError, on_request_error)
+    install_common(app)
+    for exc_type in DB_ERRORS:
+        app.add_exception_handler(exc_type, on_db_error)
     app.add_exception_handler(ValueError, on_value_error)
     app.add_exception_handler(StoreError, on_store_error)
     app.add_exception_handler(Exception, on_unexpected)

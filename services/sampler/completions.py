@@ -63,6 +63,9 @@ def _prompt_ids(
                 "(MMDLM_SAMPLER_MAX_PROMPT_CHARS)",
             )  # fmt: skip
         return (model.tokenize(prompt) if prompt else []), prompt
+    from services.sampler.resolve import check_ids
+
+    check_ids(model, "prompt", list(prompt))  # before decoding: an unknown id must not reach the tokenizer
     return list(prompt), model.pipe.decode(torch.tensor([prompt]))[0]
 
 
@@ -72,8 +75,10 @@ def build_jobs(service: SamplerService, model: LoadedModel, req: CompletionReque
 
     params = SamplingParams.model_validate(req.model_dump(include=set(SamplingParams.model_fields)))
     bos = model.pipe.vocab.bos_id
+    prompts = req.prompts()
+    check_totals(service, len(prompts), req.n)
     out = []
-    for i, prompt in enumerate(req.prompts()):
+    for i, prompt in enumerate(prompts):
         ids, text = _prompt_ids(model, prompt, service)
         check_ids(model, "prompt", ids)
         suffix = model.tokenize(req.suffix) if req.suffix else []
@@ -119,6 +124,17 @@ def build_jobs(service: SamplerService, model: LoadedModel, req: CompletionReque
             )
         out.append(PromptJob(i, model, job, text, len(ids) + len(suffix), 1 + len(ids), req.max_tokens))
     return out
+
+
+def check_totals(service: SamplerService, prompts: int, n: int) -> None:
+    """The request as a whole is bounded, not only each prompt: prompts x n completions."""
+    limit = service.config.max_samples
+    if prompts * n > limit:
+        raise RequestError(
+            "n" if prompts == 1 else "prompt",
+            f"{prompts} prompt(s) x n={n} = {prompts * n} completions exceed the limit of {limit} per request "
+            "(MMDLM_SAMPLER_MAX_SAMPLES)",
+        )
 
 
 # the completion fields a generation request's fields come from, for error messages

@@ -18,6 +18,7 @@ from mmdlm.config.latent import LatentSampleConfig
 from services.common.crud import require_artifact
 from services.common.errors import FieldError
 from services.common.kinds import JobKind, register
+from services.common.paths import check_user_paths
 from services.sampler.families import FAMILY_KINDS, family_kind, modes_of
 from services.sampler.schemas import MAX_SEED, Mode, SamplingParams
 
@@ -148,6 +149,7 @@ class EvaluateSpec(StrictModel):
 
 
 def check_evaluate(spec: EvaluateSpec, session: Session, user: Principal) -> None:
+    check_user_paths(spec, user.name)  # a local generative.reference_model folder
     family = _model_family(session, user, spec.model)
     if family is None:
         return
@@ -168,6 +170,26 @@ def check_evaluate(spec: EvaluateSpec, session: Session, user: Principal) -> Non
         )
 
 
+def _limits() -> dict[str, Any]:
+    """Shown in /v1/kinds: the job's bounds and the sampler's per-request limits (MMDLM_SAMPLER_*)."""
+    from services.sampler.settings import get_sampler_settings
+
+    s = get_sampler_settings()
+    fields = SampleSpec.model_fields
+    return {
+        "num_samples": fields["num_samples"].metadata[-1].le,
+        "chunk_size": fields["chunk_size"].metadata[-1].le,
+        "requests": {
+            "samples_per_request": s.max_samples,
+            "steps": s.max_steps,
+            "prompt_chars": s.max_prompt_chars,
+            "embed_texts": s.embed_max_batch,
+            "embed_chars": s.embed_max_chars,
+            "stream_states": s.stream_max_states,
+        },
+    }
+
+
 SAMPLE = register(
     JobKind(
         name="sample",
@@ -177,6 +199,7 @@ SAMPLE = register(
         check=check_sample,  # type: ignore[arg-type]
         permanent_errors=(ValueError,),
         description="Draw a large sample set from a `model` artifact into a `samples` artifact (JSONL + protocol).",
+        extra=_limits(),
     )
 )
 

@@ -7,15 +7,21 @@ whichever way they are asked for.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from mmdlm.config.base import StrictModel
+from mmdlm.config.base import INT32_MAX, StrictModel
 from mmdlm.config.latent import EncoderConfig
 
 Mode = Literal["unconditional", "prefix", "infill", "l2t", "t2l", "joint"]
 MAX_SEED = 2**63 - 1
+MAX_STEPS = 1_000_000
+"""Schema bound of any step count (the service's own limit, MMDLM_SAMPLER_MAX_STEPS, is lower)."""
+MAX_LIST = 65_536
+"""Schema bound of token/latent/template lists (the model's context refuses far fewer)."""
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Gap = Annotated[int, Field(le=MAX_LIST)]
 
 
 class RequestError(Exception):
@@ -38,7 +44,7 @@ class SamplingParams(StrictModel):
     """How to sample. Diffusion fields are ignored by nothing: a field that does not apply to the model's
     family is refused (`sampler: topk` on an MDLM model, for instance), never silently dropped."""
 
-    steps: int = Field(64, ge=1)
+    steps: int = Field(64, ge=1, le=MAX_STEPS)
     """Reverse steps (discrete diffusion) or text steps (latent families); AR takes one call per token."""
     sampler: Literal["ancestral", "cached", "topk"] = "ancestral"
     """ancestral: exact ancestral steps; cached: MDLM's ddpm_cache (skip the network while nothing changed;
@@ -53,11 +59,11 @@ class SamplingParams(StrictModel):
     """Network forward precision (bf16 autocast); the draws keep the dtype `float64` asks for."""
     self_correction_steps: int = Field(0, ge=0, le=4096)
     """Discrete diffusion: self-correction iterations after sampling (0 = off)."""
-    latent_steps: int = Field(50, ge=1)
+    latent_steps: int = Field(50, ge=1, le=MAX_STEPS)
     """Latent families: Gaussian steps for the latent (t2l, joint)."""
     latent_sampler: Literal["ddim", "ddpm"] = "ddim"
     eta: float = Field(0.0, ge=0.0, le=1.0)
-    guidance_scale: float = Field(1.0, ge=0.0)
+    guidance_scale: float = Field(1.0, ge=0.0, le=1000.0)
     """Latent families: classifier-free guidance on the generated modality (1 = off)."""
 
     def protocol(self) -> dict[str, Any]:
@@ -75,25 +81,25 @@ class GenerateRequest(SamplingParams):
     model: str = Field(min_length=1, max_length=64)
     """Id of a `model` artifact (see GET /v1/models)."""
     mode: Mode | None = None
-    num_samples: int = Field(1, ge=1)
-    seq_len: int | None = Field(None, ge=1)
+    num_samples: int = Field(1, ge=1, le=MAX_LIST)
+    seq_len: int | None = Field(None, ge=1, le=MAX_LIST)
     """Sample length in tokens (BOS and prompt included); default: the model's training context."""
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     """Same seed, same request -> same samples, whatever else is batched with it. None: drawn and returned."""
     prompt: str | None = None
     """Text the samples start with (the document's BOS is added)."""
-    prompt_ids: list[int] | None = None
+    prompt_ids: list[TokenId] | None = Field(None, max_length=MAX_LIST)
     """Alternative to `prompt`: token ids of the start of the row (BOS included if wanted)."""
-    infill: list[str | int] | None = None
+    infill: list[str | Gap] | None = Field(None, max_length=MAX_LIST)
     """Infilling template: strings are given text, integers are that many tokens to generate, e.g.
     ["The castle", 6, "was built in", 3, "."]; positions past the template up to seq_len are generated."""
-    latent: list[float] | None = None
+    latent: list[float] | None = Field(None, max_length=MAX_LIST)
     """l2t: the latent (encoder space) every sample is generated from; its length must be the model's."""
     latent_text: str | None = None
     """l2t: a text encoded with the model's own encoder first; its latent conditions the samples."""
     text: str | None = None
     """t2l: the text whose latent is generated."""
-    length: int | None = Field(None, ge=1)
+    length: int | None = Field(None, ge=1, le=MAX_LIST)
     """l2t / joint: tokens per sample (default: drawn from the training data's length histogram)."""
     return_token_ids: bool = True
 
@@ -109,7 +115,7 @@ class GenerateRequest(SamplingParams):
 class StreamRequest(GenerateRequest):
     """`POST /v1/generate/stream`: the same request; intermediate states arrive as server-sent events."""
 
-    stream_every: int | None = Field(None, ge=1)
+    stream_every: int | None = Field(None, ge=1, le=MAX_STEPS)
     """Send every k-th state (default: about MMDLM_SAMPLER_STREAM_MAX_STATES states in all)."""
 
 
@@ -149,12 +155,18 @@ class CompletionRequest(SamplingParams):
     precision, ...) are extra fields. `suffix` makes a diffusion model infill between prompt and suffix."""
 
     model: str = Field(min_length=1, max_length=64)
-    prompt: str | list[str] | list[int] | list[list[int]] = ""
+    prompt: (
+        str
+        | Annotated[list[str], Field(max_length=MAX_LIST)]
+        | Annotated[list[int], Field(max_length=MAX_LIST)]
+        | Annotated[list[Annotated[list[int], Field(max_length=MAX_LIST)]], Field(max_length=MAX_LIST)]
+    ) = ""
+    """A text, texts, token ids, or lists of token ids; prompts x n is at most MMDLM_SAMPLER_MAX_SAMPLES."""
     suffix: str | None = None
-    max_tokens: int = Field(16, ge=1)
+    max_tokens: int = Field(16, ge=1, le=MAX_LIST)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=MAX_LIST)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
@@ -234,7 +246,7 @@ class EmbedRequest(StrictModel):
     """`POST /v1/embed`: sentence embeddings of a small batch (limits: MMDLM_SAMPLER_EMBED_MAX_BATCH texts,
     MMDLM_SAMPLER_EMBED_MAX_CHARS characters each)."""
 
-    texts: list[str] = Field(min_length=1)
+    texts: list[str] = Field(min_length=1, max_length=MAX_LIST)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     """A recipe name (`"minilm"`) or an EncoderConfig; the device is the sampler's."""
     role: Literal["passage", "query"] = "passage"

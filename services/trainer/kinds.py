@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mmdlm.config.base import StrictModel
+from mmdlm.config.train import MAX_STEPS as MAX_TRAIN_STEPS
 from mmdlm.config.train import (
     CheckpointSection,
     DebugSection,
@@ -34,6 +35,7 @@ from mmdlm.config.train import (
 from services.common.crud import require_artifact
 from services.common.errors import FieldError
 from services.common.kinds import JobKind, register
+from services.common.paths import check_user_paths
 from services.trainer.settings import get_trainer_settings
 
 if TYPE_CHECKING:
@@ -73,7 +75,7 @@ class KubeflowSection(StrictModel):
     """Cluster resources of a `launcher: kubeflow` job (per node)."""
 
     gpus_per_node: int = Field(0, ge=0, le=64)
-    """GPUs requested per node (0: CPU pods, gloo). With GPUs, nproc_per_node should equal this."""
+    """GPUs requested per node (0: CPU pods, gloo). With GPUs it must equal nproc_per_node (a rank per GPU)."""
     cpu: str = "4"
     memory: str = "16Gi"
     image: str | None = None
@@ -92,7 +94,7 @@ class TrainSpec(StrictModel):
     data: TrainDataSection = Field(default_factory=TrainDataSection)
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
-    steps: int = Field(1000, ge=1)
+    steps: int = Field(1000, ge=1, le=MAX_TRAIN_STEPS)
     precision: Literal["bf16", "fp32"] = "bf16"
     grad_clip: float | None = Field(1.0, gt=0.0)
     ema: EMASection = Field(default_factory=EMASection)
@@ -138,6 +140,18 @@ class TrainSpec(StrictModel):
             raise ValueError(f"{nnodes} nodes need launcher: kubeflow (a local train worker runs one node)")
         return nnodes
 
+    @field_validator("kubeflow")
+    @classmethod
+    def _one_gpu_per_rank(cls, kubeflow: KubeflowSection, info: ValidationInfo) -> KubeflowSection:
+        # a rank per GPU: more GPUs than ranks idle, fewer make ranks share a device (NCCL refuses)
+        nproc = info.data.get("nproc_per_node")
+        if kubeflow.gpus_per_node and nproc is not None and kubeflow.gpus_per_node != nproc:
+            raise ValueError(
+                f"kubeflow.gpus_per_node ({kubeflow.gpus_per_node}) must equal nproc_per_node ({nproc}): "
+                f"one rank per GPU; set it to {nproc}, or 0 for CPU pods"
+            )
+        return kubeflow
+
     @model_validator(mode="after")
     def _runnable(self) -> TrainSpec:
         # every cross-field rule of TrainConfig (schedule vs steps, placeholders, ...) holds for the spec too
@@ -169,6 +183,7 @@ class TrainSpec(StrictModel):
 
 def check(spec: TrainSpec, session: Session, user: Principal) -> None:
     """Refuse at submit what no worker can run: missing/foreign/wrong-kind artifacts, too many ranks."""
+    check_user_paths(spec, user.name)  # latent families: a local model.encoder.model folder
     settings = get_trainer_settings()
     if spec.launcher == "local" and spec.nproc_per_node > settings.max_procs:
         raise FieldError(
@@ -181,10 +196,28 @@ def check(spec: TrainSpec, session: Session, user: Principal) -> None:
             "nnodes", f"{spec.nnodes} nodes requested; this deployment allows {settings.max_nodes} "
             "(MMDLM_TRAIN_MAX_NODES)"
         )  # fmt: skip
-    require_artifact(session, user, spec.dataset, field="dataset", kind=dataset_kind(spec.model.family))
+    dataset = require_artifact(
+        session, user, spec.dataset, field="dataset", kind=dataset_kind(spec.model.family)
+    )
+    check_quota(spec, (dataset.meta or {}).get("seq_len"), settings.max_tokens)
+    check_user_paths(spec, user.name)  # latent families: a local model.encoder.model folder
     clusters = spec.clusters_artifact
     if clusters is not None:
         require_artifact(session, user, clusters, field="model.clusters", kind="clusters")
+
+
+def check_quota(spec: TrainSpec, seq_len: int | None, max_tokens: int) -> None:
+    """The operator's size quota: tokens the run will process (the dataset's seq_len, else the model's)."""
+    length = seq_len or getattr(spec.model.model, "max_seq_len", None) or 1
+    data = spec.data
+    tokens = spec.steps * data.batch_size * data.grad_accum * spec.world_size * int(length)
+    if tokens > max_tokens:
+        raise FieldError(
+            "steps",
+            f"the job would process {tokens:.3g} tokens (steps {spec.steps} x batch_size {data.batch_size} x "
+            f"grad_accum {data.grad_accum} x ranks {spec.world_size} x seq_len {length}); this deployment's "
+            f"quota is {max_tokens:.3g} (MMDLM_TRAIN_MAX_TOKENS)",
+        )
 
 
 def _description() -> str:
@@ -198,7 +231,7 @@ def _description() -> str:
 
 def _extra() -> dict[str, Any]:
     s = get_trainer_settings()
-    return {"max_procs": s.max_procs, "max_nodes": s.max_nodes}
+    return {"max_procs": s.max_procs, "max_nodes": s.max_nodes, "max_tokens": s.max_tokens}
 
 
 TRAIN = register(

@@ -12,9 +12,12 @@ Needs only the object store (MMDLM_STORE_* / MMDLM_S3_*), never the job table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -48,9 +51,56 @@ def upload_final(store: ObjectStore, job_id: str, final: Path) -> None:
     store.put_bytes(kubeflow.final_marker_key(job_id), json.dumps(marker).encode())
 
 
+# What the controllers inject (Kubeflow Trainer's torch plugin; the Training Operator's elastic policy)
+# and torchrun reads: a `$(NAME)` Kubernetes could not expand means the runtime is not the torch one.
+_UNEXPANDED = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def unexpanded(command: list[str]) -> list[str]:
+    """Variables referenced as `$(NAME)` in the command that Kubernetes left as they were (unset)."""
+    return sorted({name for arg in command for name in _UNEXPANDED.findall(arg)})
+
+
+def node_name() -> str:
+    """`node-<rank>` from PET_NODE_RANK (Kubeflow Trainer), else the pod's host name (PyTorchJob pods
+    are named <job>-worker-<i>), so each node's rank logs land in their own folder."""
+    rank = os.environ.get("PET_NODE_RANK", "")
+    return f"node-{rank}" if rank.isdigit() else os.uname().nodename
+
+
+def resolve_paths(config: dict[str, Any], node_dir: Path) -> dict[str, Any]:
+    """The bundle's config paths are relative to the node's job dir: make them absolute here."""
+    config = json.loads(json.dumps(config))
+    config["data"]["dataset"] = str(node_dir / config["data"]["dataset"])
+    config["run_dir"] = str(node_dir / config["run_dir"])
+    if isinstance(config.get("model"), dict) and isinstance(config["model"].get("clusters"), str):
+        config["model"]["clusters"] = str(node_dir / config["model"]["clusters"])
+    return config
+
+
+def upload_logs(store: ObjectStore, run_store: RunStore, attempt: int, log_dir: Path) -> int:
+    """torchrun's per-rank files (--log-dir, --redirects/--tee) to runs/<job>/logs/attempt-<n>/<node>/."""
+    if not log_dir.is_dir():
+        return 0
+    prefix = f"{run_store.logs_prefix(attempt)}{node_name()}/"
+    files = sorted(p for p in log_dir.rglob("*") if p.is_file())
+    for path in files:
+        store.put_file(prefix + path.relative_to(log_dir).as_posix(), path)
+    return len(files)
+
+
 def run_node(job_id: str, attempt: int, command: list[str], node_dir: Path, store: ObjectStore) -> int:
+    missing = unexpanded(command)
+    if missing:
+        logger.error(
+            "not set in this pod: %s (the torch runtime injects them; is the TrainJob's runtime "
+            "`mlPolicy.torch`?); refusing to start torchrun",
+            ", ".join(missing),
+        )
+        return 2
+    node_dir = node_dir.resolve()
     bundle = json.loads(store.get_bytes(kubeflow.bundle_key(job_id, attempt)))
-    config = bundle["config"]
+    config = resolve_paths(bundle["config"], node_dir)
     node_dir.mkdir(parents=True, exist_ok=True)
     stage_files(store, bundle["dataset"]["uri"], bundle["dataset"]["files"], Path(config["data"]["dataset"]))
     if bundle.get("clusters"):
@@ -79,20 +129,27 @@ def run_node(job_id: str, attempt: int, command: list[str], node_dir: Path, stor
         run_store, run_dir / "checkpoints", keep_last=bundle["checkpoint"]["keep_last"],
         keep_best=bundle["checkpoint"]["keep_best"], interval_s=5.0, before_commit=before_commit,
     ).start()  # fmt: skip
+    metrics = run_dir / "metrics.jsonl"
+    staged = metrics.stat().st_size
+
+    def grew() -> bool:  # only the node of global rank 0 appends; the others must not upload their copy
+        return metrics.is_file() and metrics.stat().st_size != staged
+
     proc = subprocess.Popen(command, cwd=node_dir, env=dict(os.environ))
+    # the pod's SIGTERM reaches this process (tini's child): pass it on so torchrun stops the ranks
+    with contextlib.suppress(ValueError):  # not the main thread (tests calling run_node)
+        signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
     last_metrics = 0.0
     while proc.poll() is None:
         time.sleep(1.0)
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.is_file() and time.monotonic() - last_metrics > 5.0:  # live curve for the worker
+        if grew() and time.monotonic() - last_metrics > 5.0:  # live curve for the worker
             store.put_file(run_store.metrics_key, metrics)
             last_metrics = time.monotonic()
     sync.stop()
     sync.sync_now()
-    if (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size:
-        store.put_file(run_store.metrics_key, run_dir / "metrics.jsonl")
-    for path in sorted((node_dir / "logs").glob("**/*.log")) if (node_dir / "logs").is_dir() else []:
-        store.put_file(f"{run_store.logs_prefix(attempt)}{os.uname().nodename}/{path.name}", path)
+    if grew():
+        store.put_file(run_store.metrics_key, metrics)
+    upload_logs(store, run_store, attempt, node_dir / "logs")
     if proc.returncode == 0 and (run_dir / "final" / "config.json").is_file():
         upload_final(store, job_id, run_dir / "final")
     return proc.returncode

@@ -117,7 +117,9 @@ class LocalTraining:
             torchrun_command(self.dirs, spec.nproc_per_node), self._env(), self.dirs, launcher_line
         )
         ranks = RankLogTail(
-            self.dirs, lambda rank, stream, line: ctx.log(f"[rank{rank}] {line}", stream=stream)
+            self.dirs,
+            lambda rank, stream, line: ctx.log(f"[rank{rank}] {line}", stream=stream),
+            echo=torchrun.echo,  # a cancel's tracebacks are folded to one line
         )
         metrics = MetricsTail(self.run_dir / "metrics.jsonl", ctx, spec.steps, offset=metrics_offset)
 

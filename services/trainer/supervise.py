@@ -74,6 +74,39 @@ class _Tail:
     partial: bytes = b""
 
 
+_TRACEBACK_STARTS = (
+    "Traceback (most recent call last):",
+    "During handling of the above exception",
+    "The above exception was the direct cause",
+)
+
+
+class StopEcho:
+    """While a stop we asked for is under way (cancel, a lost lease), a Python traceback in a rank's or
+    torchrun's output is the stop's echo (a rank interrupted inside a collective whose peer already
+    left, an interrupted import), not the job's error. Such a traceback is folded into its last line,
+    the exception, so the job log (and `mmdlm logs --follow`) ends cleanly. The rank log files keep
+    every line (uploaded to the store). Tracebacks that started before the stop pass unchanged."""
+
+    NOTE = " (traceback not shown: the job was being stopped)"
+
+    def __init__(self, stopping: threading.Event) -> None:
+        self.stopping = stopping
+        self._inside: set[object] = set()  # sources in the middle of a folded traceback
+
+    def __call__(self, source: object, line: str) -> str | None:
+        """The line to forward for `source` (a rank and stream, or torchrun's stream), or None."""
+        if source in self._inside:
+            if not line.strip() or line[:1].isspace() or line.startswith(_TRACEBACK_STARTS):
+                return None
+            self._inside.discard(source)
+            return line + self.NOTE
+        if self.stopping.is_set() and line.startswith(_TRACEBACK_STARTS):
+            self._inside.add(source)
+            return None
+        return line
+
+
 @dataclass
 class RankLogTail:
     """Follows every rank's stdout/stderr file; `poll()` hands new complete lines to `sink`."""
@@ -81,6 +114,7 @@ class RankLogTail:
     dirs: AttemptDirs
     sink: Callable[[int, str, str], None]  # (rank, stream, line)
     keep: int = 200
+    echo: StopEcho | None = None  # folds the tracebacks of a stop we asked for
     _tails: dict[Path, _Tail] = field(default_factory=dict)
     recent: dict[int, collections.deque[str]] = field(default_factory=dict)
 
@@ -103,7 +137,9 @@ class RankLogTail:
                 line = raw.decode("utf-8", errors="replace").rstrip("\r")
                 if stream == "stderr":
                     self.recent.setdefault(rank, collections.deque(maxlen=self.keep)).append(line)
-                self.sink(rank, stream, line)
+                shown = line if self.echo is None else self.echo((rank, stream), line)
+                if shown is not None:
+                    self.sink(rank, stream, shown)
 
 
 class Torchrun:
@@ -117,6 +153,7 @@ class Torchrun:
         self.proc: subprocess.Popen[bytes] | None = None
         self.launcher_stderr: collections.deque[str] = collections.deque(maxlen=400)
         self.stopping = threading.Event()
+        self.echo = StopEcho(self.stopping)  # shared with the RankLogTail of this attempt
         self._readers: list[threading.Thread] = []
         self._lock = threading.Lock()
 
@@ -147,7 +184,9 @@ class Torchrun:
             line = raw.decode("utf-8", errors="replace").rstrip("\n")
             if stream == "stderr":
                 self.launcher_stderr.append(line)
-            self.sink(line, stream)
+            shown = self.echo(("torchrun", stream), line)
+            if shown is not None:
+                self.sink(shown, stream)
 
     def poll(self) -> int | None:
         assert self.proc is not None

@@ -97,9 +97,9 @@ def test_gpu_reservations_only_in_the_gpu_profile(tmp_path: Path) -> None:
     for name in ("sampler", "worker-encode", "worker-train", "worker-sample"):
         devices = reservations(services[name])
         assert devices and devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"], name
+        assert "count" not in devices[0] and devices[0]["device_ids"] == ["0"], f"{name}: its own GPUs"
         assert services[name]["image"].endswith(":cuda"), name
         assert services[name]["profiles"] == ["gpu"]
-    assert reservations(services["worker-train"])[0]["count"] == -1, "the trainer takes every GPU"
     assert int(services["worker-train"]["shm_size"]) >= 1 << 30, "NCCL needs a large /dev/shm"
     for name, service in services.items():
         if name.endswith("-cpu") or name in ("api", "migrate"):
@@ -163,7 +163,10 @@ def test_secrets_must_come_from_the_environment(tmp_path: Path) -> None:
             ),
             "postgrs",
         ),
-        (lambda s: s.replace("          count: all", "          count: many"), "count"),
+        (
+            lambda s: s.replace('device_ids: ["${TRAIN_GPU_IDS:-0}"]', 'device_ids: "${TRAIN_GPU_IDS:-0}"'),
+            "device_ids",
+        ),
     ],
     ids=["unknown-key", "bad-condition", "undefined-dependency", "bad-gpu-count"],
 )
@@ -174,3 +177,77 @@ def test_config_catches_a_broken_file(tmp_path: Path, mutation: Any, expected: s
     broken.write_text(text)
     code, _, err = compose(tmp_path, "--profile", "gpu", "config", "-q", file=broken)
     assert code != 0 and expected in err, err
+
+
+GPU_IDS = {
+    "sampler": "SAMPLER_GPU_IDS",
+    "worker-encode": "ENCODE_GPU_IDS",
+    "worker-sample": "SAMPLE_GPU_IDS",
+    "worker-train": "TRAIN_GPU_IDS",
+}
+
+
+def test_each_gpu_service_gets_its_own_devices(tmp_path: Path) -> None:
+    """No service takes every GPU: each reserves the devices its variable names (the trainer several)."""
+    ids = {"SAMPLER_GPU_IDS": "0", "ENCODE_GPU_IDS": "1", "SAMPLE_GPU_IDS": "1", "TRAIN_GPU_IDS": "2,3,4,5"}
+    env = env_file(tmp_path, **ids)
+    code, out, err = compose(tmp_path, "--profile", "gpu", "config", "--format", "json", env=env)
+    assert code == 0, err
+    services = json.loads(out)["services"]
+    for name, variable in GPU_IDS.items():
+        (device,) = reservations(services[name])
+        assert device["device_ids"] == [ids[variable]], name
+        assert "count" not in device, f"{name}: count and device_ids exclude each other"
+    text = ENV_EXAMPLE.read_text()
+    for variable in GPU_IDS.values():
+        assert re.search(rf"(?m)^{variable}=0$", text), f".env.example documents {variable}"
+
+
+def test_cuda_image_exposes_no_gpu_by_default() -> None:
+    """Without a reservation (or a Kubernetes GPU request) a container of the CUDA image sees no GPU:
+    NVIDIA_VISIBLE_DEVICES=all in the image would hand every GPU of the host to any container."""
+    dockerfile = (REPO / "docker" / "Dockerfile.cuda").read_text()
+    values = re.findall(r"NVIDIA_VISIBLE_DEVICES=(\S+)", dockerfile)
+    assert values and all(v in ("void", "none") for v in values), values
+
+
+SECRET_FILES = {
+    "MMDLM_DATABASE_URL_FILE": "database-url",
+    "MMDLM_S3_ACCESS_KEY_FILE": "store-access-key",
+    "MMDLM_S3_SECRET_KEY_FILE": "store-secret-key",
+}
+
+
+def test_secrets_reach_containers_as_files_not_environment(tmp_path: Path) -> None:
+    """Every secret value of .env is absent from every container's environment and command; the
+    MM-DLM containers read them from /run/secrets through MMDLM_*_FILE (loaded by the entrypoint),
+    PostgreSQL and MinIO through their own *_FILE variables."""
+    secrets = {
+        "POSTGRES_PASSWORD": "pg-pass-4f1d",
+        "MINIO_ROOT_PASSWORD": "minio-root-9a2c",
+        "STORE_ACCESS_KEY": "store-key-77b0",
+        "STORE_SECRET_KEY": "store-secret-e3d5",
+    }
+    code, out, err = compose(
+        tmp_path, "--profile", "gpu", "--profile", "cpu", "config", "--format", "json",
+        env=env_file(tmp_path, **secrets),
+    )  # fmt: skip
+    assert code == 0, err
+    cfg = json.loads(out)
+    assert cfg["secrets"]["database-url"]["environment"] == "DATABASE_URL"
+    for name, service in cfg["services"].items():
+        visible = json.dumps([service.get("environment"), service.get("command"), service.get("entrypoint")])
+        for variable, value in secrets.items():
+            assert value not in visible, f"{name}: {variable} is in its environment or command"
+        mounted = {s["source"] for s in service.get("secrets") or []}
+        if str(service.get("image", "")).startswith("mmdlm:"):
+            for env_name, secret in SECRET_FILES.items():
+                assert service["environment"][env_name] == f"/run/secrets/{secret}", name
+                assert secret in mounted, f"{name} does not mount {secret}"
+                assert env_name.removesuffix("_FILE") not in service["environment"], name
+    services = cfg["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres-password"
+    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD_FILE"] == "/run/secrets/minio-root-password"
+    # the database URL secret is built from the password in .env (compose interpolates .env itself)
+    example = ENV_EXAMPLE.read_text()
+    assert "DATABASE_URL=postgresql+psycopg://${POSTGRES_USER}:${POSTGRES_PASSWORD}@postgres:5432/" in example

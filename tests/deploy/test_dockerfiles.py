@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.support import DOCKERFILES, ENTRYPOINT, REPO, run, tool
+from tests.deploy.support import DOCKERFILES, ENTRYPOINT, REPO, clean_env, run, tool
 
 BROKEN_DOCKERFILE = """\
 FROM python:latest
@@ -33,8 +33,8 @@ def stages(text: str) -> list[str]:
     return [part for part in parts if part.startswith("FROM")]
 
 
-def test_there_is_a_cpu_and_a_cuda_image() -> None:
-    assert {p.name for p in DOCKERFILES} == {"Dockerfile.cpu", "Dockerfile.cuda"}
+def test_there_is_a_cpu_a_cuda_and_a_slim_gateway_image() -> None:
+    assert {p.name for p in DOCKERFILES} == {"Dockerfile.api", "Dockerfile.cpu", "Dockerfile.cuda"}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -65,19 +65,77 @@ def test_structure(dockerfile: Path) -> None:
     assert len(parts) >= 2, "multi-stage: a builder and a final stage"
     builder, final = parts[0], parts[-1]
     assert re.search(r"^FROM \S+ AS builder", builder, re.M)
-    # build tools only in the builder; the final stage copies the finished venv
-    assert "build-essential" in builder or "-devel" in builder
-    assert not re.search(r"build-essential|gcc|g\+\+|-devel", final)
+    # every requirement is a wheel or pure Python: no stage installs build tools or starts from a -devel base
+    assert not re.search(r"build-essential|gcc|g\+\+|-devel", "\n".join(parts))
     assert "COPY --from=builder /opt/venv /opt/venv" in final
     user = re.findall(r"^USER (\S+)", final, re.M)
     assert user and not user[-1].startswith(("0", "root")), "the final stage runs as a non-root user"
     assert re.search(r"^HEALTHCHECK .*CMD \[\"mmdlm-entrypoint\", \"healthcheck\"\]", final, re.M)
     assert 'ENTRYPOINT ["tini", "--", "mmdlm-entrypoint"]' in final
+    assert re.search(r"if ! command -v tini", final), (
+        "a base that has tini needs no apt-get (air-gapped builds)"
+    )
     assert re.search(r"HF_HUB_OFFLINE=", final), "HF_HUB_OFFLINE has a default the deployment can override"
     assert re.search(r"^VOLUME .*\"/cache\"", final, re.M), "model caches live in a volume"
     # no credentials baked in: no ENV/ARG that sets a password, secret key or token
     for line in re.findall(r"(?m)^(?:ENV|ARG) .*$", text):
         assert not re.search(r"(PASSWORD|SECRET|ACCESS_KEY|_TOKEN)\s*=", line), line
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_builds_without_a_registry_frontend_or_buildkit(dockerfile: Path) -> None:
+    """Air-gapped builds: no `# syntax=` frontend pull, nothing only BuildKit parses (the legacy builder of
+    Debian's docker.io has to build these too), every base image an ARG (a mirror or a pinned digest)."""
+    text = dockerfile.read_text()
+    assert not re.search(r"(?im)^#\s*syntax\s*=", text)
+    instructions = "\n".join(stages(text))
+    assert not re.search(r"--(chmod|mount|link|checksum|parents|exclude)\b", instructions), "BuildKit-only flag"
+    stage_names = re.findall(r"(?m)^FROM \S+ AS (\S+)", text)
+    for image in re.findall(r"(?m)^FROM (\S+)", text):
+        assert image.startswith("${") or image in stage_names, f"FROM {image}: make it a build ARG"
+    defaults = dict(re.findall(r"(?m)^ARG (\w+)=(\S+)", text))
+    base = defaults.get("PYTHON_IMAGE") or defaults.get("PYTORCH_IMAGE")
+    assert base and ":" in base and "latest" not in base, "a documented default tag"
+    builder = stages(text)[0]
+    for arg in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        assert re.search(rf"(?m)^ARG {arg}$", builder), f"{arg} reaches the builder's pip"
+    assert "docker/build-ca.pe[m]" in builder and 'PIP_CERT="$PWD/build-ca.pem"' in builder
+    assert "build-ca" not in stages(text)[-1], "the build-time CA stays out of the final image"
+
+
+def pins(path: Path) -> dict[str, str]:
+    found = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)(\[[^\]]*\])?==(\S+)", line.strip())
+        if match:
+            found[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(3)
+    return found
+
+
+def test_the_slim_gateway_requirements_are_a_torch_free_subset_with_the_same_pins() -> None:
+    api, full = pins(REPO / "requirements-api.txt"), pins(REPO / "requirements.txt")
+    assert api and not {"torch", "transformers", "sentence-transformers", "numpy", "tokenizers"} & set(api)
+    assert {name: full.get(name) for name in api} == api, (
+        "requirements-api.txt pins differ from requirements.txt"
+    )
+    text = (REPO / "docker" / "Dockerfile.api").read_text()
+    assert "-r requirements-api.txt" in text and "--no-deps" in text
+    assert not re.search(r"requirements(-nodeps)?\.txt", text), "the slim image installs requirements-api.txt only"
+
+
+def test_the_gateway_import_chain_never_imports_torch(tmp_path: Path) -> None:
+    """What the slim image's roles import (app + every job kind, CLI, health probe, migrations) without torch:
+    the same check the Dockerfile.api build runs, here without an engine."""
+    code = (
+        "import sys, services.cli, services.deploy.healthcheck, services.common.migrate, services.api.main as m\n"
+        "from services.common.kinds import load_kinds\n"
+        "load_kinds(); m.create_app()\n"
+        "print(sorted({'torch', 'transformers', 'numpy', 'tokenizers'} & set(sys.modules)))\n"
+    )
+    env = clean_env(MMDLM_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
+    result = run([sys.executable, "-c", code], env=env, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
 
 
 def test_cpu_image_takes_torch_from_the_cpu_index_before_requirements() -> None:
@@ -119,7 +177,8 @@ def copied_sources() -> set[str]:
         for line in dockerfile.read_text().splitlines():
             if line.startswith("COPY ") and "--from=" not in line:
                 args = [a for a in line.split()[1:] if not a.startswith("--")]
-                sources.update(a.rstrip("/") for a in args[:-1])
+                # a wildcard source is optional (docker/build-ca.pe[m]): admitted, need not exist
+                sources.update(a.rstrip("/") for a in args[:-1] if "[" not in a)
     return sources
 
 
@@ -128,6 +187,7 @@ def test_dockerignore_admits_every_copied_path_and_nothing_secret() -> None:
     assert {"requirements.txt", "mmdlm", "services", "docker/entrypoint.sh", "k8s/kubeflow"} <= sources
     missing = [s for s in sorted(sources) if not dockerignore_allows(s) or not (REPO / s).exists()]
     assert not missing, f"COPY sources excluded by .dockerignore or absent: {missing}"
+    assert dockerignore_allows("docker/build-ca.pem"), "the optional build-time CA bundle reaches the builder"
     for path in (".env", ".venv", "var", "tests", "services/__pycache__", "k8s/overlays"):
         assert not dockerignore_allows(path), f"{path} must stay out of the build context"
 

@@ -98,15 +98,18 @@ def test_trainjob_uses_the_runtime_and_c10d_rendezvous() -> None:
     assert "--rdzv-backend=c10d" in args and f"--rdzv-id={job['metadata']['name']}" in args
     assert "--rdzv-endpoint=$(PET_MASTER_ADDR):$(PET_MASTER_PORT)" in args
     assert "--nproc-per-node=$(PET_NPROC_PER_NODE)" in args and "--nnodes=$(PET_NNODES)" in args
-    assert args[args.index("--max-restarts=0") + 1 :][:2] == ["-m", "services.trainer.rank"]
+    assert args[-4:] == ["-m", "services.trainer.rank", "--config", "train.json"]
     gpus = trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]
     assert int(gpus) == trainer["numProcPerNode"], "one rank per GPU"
     pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
     assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "train-node"  # NetworkPolicy
-    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["spec"]["volumes"])
     refs = {next(iter(e.values()))["name"] for e in pod["spec"]["containers"][0]["envFrom"]}
-    assert refs == {"mmdlm-config", "mmdlm-secrets"}
+    # secrets: only the two S3 keys, per job (tests/deploy/test_kubeflow_render.py)
+    assert refs == {"mmdlm-config"}
+    (patch,) = job["spec"]["runtimePatches"]
+    pod_patch = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]
+    assert pod_patch["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
 
 
 def test_pytorchjob_uses_elastic_c10d() -> None:
@@ -117,7 +120,7 @@ def test_pytorchjob_uses_elastic_c10d() -> None:
     assert worker["replicas"] == policy["maxReplicas"]
     container = worker["template"]["spec"]["containers"][0]
     assert container["name"] == "pytorch"
-    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == policy["nProcPerNode"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == job["spec"]["nprocPerNode"]
     assert job["spec"]["runPolicy"]["cleanPodPolicy"] == "Running", "no rank outlives its job"
 
 
@@ -282,13 +285,15 @@ def test_probes_resources_security_and_settings(overlay: str) -> None:
         else:
             queue = name.removeprefix("mmdlm-worker-")
             assert container["args"] == ["worker", "--queues", queue]
+            # liveness is local (a broker outage never restarts a worker mid-job); the broker ping
+            # is readiness
             assert container["livenessProbe"]["exec"]["command"] == [
-                "mmdlm-entrypoint",
-                "healthcheck",
-                "worker",
-            ]
-    job = objects(overlay, "Job")["mmdlm-migrate"]
-    assert pod_spec(job)["containers"][0]["args"] == ["migrate"]
+                "mmdlm-entrypoint", "healthcheck", "worker", "--live",
+            ]  # fmt: skip
+            assert container["readinessProbe"]["exec"]["command"] == [
+                "mmdlm-entrypoint", "healthcheck", "worker",
+            ]  # fmt: skip
+            assert "startupProbe" not in container, "a broker-dependent startup probe restarts too"
 
 
 def test_gpu_scheduling_only_in_prod() -> None:
@@ -379,3 +384,110 @@ def test_trainer_renders_jobs_this_deployment_can_run(monkeypatch: pytest.Monkey
     )
     assert k8s.validate_object(job) == []
     assert k8s.validate_object(kubeflow.render_pytorchjob("0123456789abcdef", 1, spec, settings)) == []
+
+
+# --- rollouts and upgrades ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_database_pod_migrates_first_and_no_job_blocks_a_reapply(overlay: str) -> None:
+    """No migration Job (its pod template is immutable: the second `kubectl apply -k` with a new image
+    would fail); instead each pod's first init container runs the idempotent `migrate` role."""
+    deployments = objects(overlay, "Deployment")
+    for name in [*HTTP_ROLES, *WORKERS]:
+        spec = pod_spec(deployments[name])
+        (init,) = spec["initContainers"]
+        assert init["args"] == ["migrate"], name
+        assert init["envFrom"] == spec["containers"][0]["envFrom"], name
+        assert init["securityContext"]["readOnlyRootFilesystem"] is True, name
+        volumes = {v["name"] for v in spec["volumes"]}
+        assert {m["name"] for m in init["volumeMounts"]} <= volumes, name
+    jobs = set(objects(overlay, "Job"))
+    assert jobs == ({"mmdlm-minio-init"} if overlay == "dev-cpu" else set()), jobs
+    config = objects(overlay, "ConfigMap")["mmdlm-config"]["data"]
+    assert config["MMDLM_AUTO_MIGRATE"] == "false", "the servers themselves never migrate"
+
+
+def test_gpu_deployments_roll_out_without_a_spare_gpu() -> None:
+    """A surge pod would need a GPU that a full GPU pool does not have: it stays Pending and the rollout
+    never finishes. GPU Deployments stop a pod before starting its successor."""
+    gpu = {
+        name: d
+        for name, d in objects("prod-gpu", "Deployment").items()
+        if "nvidia.com/gpu" in json.dumps(pod_spec(d)["containers"][0]["resources"])
+    }
+    assert set(gpu) == set(GPU_DEPLOYMENTS)
+    for name, deployment in gpu.items():
+        strategy = deployment["spec"]["strategy"]
+        if strategy["type"] == "Recreate":
+            continue
+        rolling = strategy["rollingUpdate"]
+        assert str(rolling["maxSurge"]) in ("0", "0%"), name
+        assert str(rolling["maxUnavailable"]) not in ("0", "0%"), (
+            f"{name}: maxSurge 0 needs maxUnavailable > 0"
+        )
+    assert gpu["mmdlm-worker-train"]["spec"]["strategy"] == {"type": "Recreate"}, "never two trainers at once"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_replicas_are_left_to_the_autoscalers(overlay: str) -> None:
+    """`kubectl apply` would reset an HPA-scaled Deployment to a written-down replica count."""
+    deployments = objects(overlay, "Deployment")
+    for hpa in objects(overlay, "HorizontalPodAutoscaler").values():
+        target = deployments[hpa["spec"]["scaleTargetRef"]["name"]]
+        assert "replicas" not in target["spec"], target["metadata"]["name"]
+
+
+def _config_references(objs: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for obj in objs:
+        if obj["kind"] == "Deployment":
+            for volume in pod_spec(obj)["volumes"]:
+                if "configMap" in volume:
+                    found.setdefault(obj["metadata"]["name"], set()).add(volume["configMap"]["name"])
+    return found
+
+
+def test_kustomize_config_map_hash_is_kubectls() -> None:
+    """Reference values printed by `kubectl kustomize` (kustomize v5.5.0) for generated ConfigMaps."""
+    assert kustomize.config_map_hash({"A": "1"}) == "89g4tffbfk"
+    assert kustomize.config_map_hash({"A": "1", "B": "2"}) == "66h9cbh964"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_config_changes_roll_the_pods(overlay: str, tmp_path: Path) -> None:
+    """Every pod mounts the generated, hash-named `mmdlm-config-revision`; editing the base ConfigMap or
+    the overlay's config patch renames it, which changes every pod template: a rollout."""
+    import shutil
+
+    objs = rendered(overlay)
+    (revision,) = [n for n in objects(overlay, "ConfigMap") if n.startswith("mmdlm-config-revision-")]
+    refs = _config_references(objs)
+    for name in [*HTTP_ROLES, *WORKERS]:
+        assert refs[name] == {revision}, name
+    data = objects(overlay, "ConfigMap")[revision]["data"]
+    assert set(data) == {"configmap.yaml", "config.yaml"}, "base ConfigMap and the overlay's patch"
+    kustomization = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
+    config_patches = {
+        p["path"] for p in kustomization["patches"] if p["target"].get("name") == "mmdlm-config"
+    }
+    (generator,) = kustomization["configMapGenerator"]
+    assert set(generator["files"]) == config_patches, "every file that changes mmdlm-config is hashed"
+
+    copy_root = tmp_path / "k8s"
+    shutil.copytree(K8S, copy_root)
+    patch = copy_root / "overlays" / overlay / "patches" / "config.yaml"
+    patch.write_text(
+        patch.read_text().replace('value: "2"', 'value: "3"').replace('value: "8"', 'value: "7"')
+    )
+    changed = kustomize.render(copy_root / "overlays" / overlay)
+    (new_revision,) = {n for names in _config_references(changed).values() for n in names}
+    assert new_revision != revision and new_revision.startswith("mmdlm-config-revision-")
+    base = copy_root / "base" / "configmap.yaml"
+    base.write_text(base.read_text().replace('MMDLM_LOG_LEVEL: "INFO"', 'MMDLM_LOG_LEVEL: "DEBUG"'))
+    again = kustomize.render(copy_root / "overlays" / overlay)
+    (third,) = {n for names in _config_references(again).values() for n in names}
+    assert third not in (revision, new_revision)
+    if kustomize.kubectl_available():
+        theirs = _config_references(kustomize.render_with_kubectl(copy_root / "overlays" / overlay))
+        assert {n for names in theirs.values() for n in names} == {third}

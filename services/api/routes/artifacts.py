@@ -8,7 +8,9 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
+from mmdlm.config.base import INT64_MAX
 from services.api.deps import CurrentUser, SessionDep, StateDep
+from services.api.errors import responses
 from services.api.schemas import ArtifactPublic, ArtifactsPublic
 from services.common import crud
 
@@ -22,13 +24,13 @@ def list_artifacts(
     job_id: Annotated[str | None, Query(max_length=32)] = None,
     kind: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> ArtifactsPublic:
     rows, total = crud.list_artifacts(session, user.id, job_id=job_id, kind=kind, limit=limit, offset=offset)
     return ArtifactsPublic(data=[ArtifactPublic.of(a) for a in rows], count=total, limit=limit, offset=offset)
 
 
-@router.get("/{artifact_id}", response_model=ArtifactPublic)
+@router.get("/{artifact_id}", response_model=ArtifactPublic, responses=responses(404))
 def get_artifact(artifact_id: str, user: CurrentUser, session: SessionDep) -> ArtifactPublic:
     artifact = crud.get_artifact(session, artifact_id, user.id)
     if artifact is None:
@@ -36,14 +38,23 @@ def get_artifact(artifact_id: str, user: CurrentUser, session: SessionDep) -> Ar
     return ArtifactPublic.of(artifact)
 
 
-@router.get("/{artifact_id}/download", response_model=None)
+@router.get(
+    "/{artifact_id}/download",
+    response_model=None,
+    responses={
+        200: {"description": "the file's bytes", "content": {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}, "example": "<bytes>"}}},
+        307: {"description": "S3: redirect to a presigned URL of the file"},
+        **responses(404, 502),
+    },
+)  # fmt: skip
 def download_artifact(
     artifact_id: str,
     user: CurrentUser,
     session: SessionDep,
     state: StateDep,
     path: Annotated[
-        str | None, Query(description="file inside a directory artifact, e.g. manifest.json")
+        str | None, Query(max_length=4096, description="file inside a directory artifact, e.g. manifest.json")
     ] = None,
     redirect: Annotated[
         bool, Query(description="S3: answer 307 to a presigned URL instead of proxying")

@@ -14,62 +14,93 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
-from sqlalchemy import select
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from services.api.deps import CurrentUser, SessionDep, StateDep
+from mmdlm.config.base import INT64_MAX
+from services.api.deps import CurrentUser, StateDep
+from services.api.errors import responses
 from services.api.state import AppState
 from services.common import crud
-from services.common.models import TERMINAL, Job, JobStatus
+from services.common.models import TERMINAL, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 BATCH = 500
 
 
-@router.get("/{job_id}/events", response_class=EventSourceResponse)
+EVENTS_EXAMPLE = (
+    'id: 41\nevent: progress\ndata: {"step": 20, "total": 200, "message": "", "at": "2026-01-01T00:00:00+00:00"}\n\n'
+    'event: end\ndata: {"status": "succeeded", "last_event_id": 57}\n\n'
+)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {"description": "server-sent events (`id` = event id), ending with `end`",
+              "content": {"text/event-stream": {"example": EVENTS_EXAMPLE}}},
+        **responses(400, 404),
+    },
+)  # fmt: skip
 def job_events(
     job_id: str,
     request: Request,
     user: CurrentUser,
-    session: SessionDep,
     state: StateDep,
-    after: Annotated[int | None, Query(ge=0, description="replay events with a larger id")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=INT64_MAX, description="replay events with a larger id")
+    ] = None,
     follow: Annotated[bool, Query(description="keep the stream open until the job ends")] = True,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
-    if crud.get_job(session, job_id, user.id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "job not found")
     start = after if after is not None else _parse_last_id(last_event_id)
-    return EventSourceResponse(_stream(state, request, job_id, start, follow), ping=15, send_timeout=30)
+    # The ownership check and the first batch in this handler's one thread hop: the first event goes
+    # out without another trip through the threadpool.
+    first = _read(state, job_id, start, owner_id=user.id)
+    if first[0] is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "job not found")
+    return EventSourceResponse(
+        _stream(state, request, job_id, first, start, follow), ping=15, send_timeout=30
+    )
 
 
 def _parse_last_id(value: str | None) -> int:
     if value is None or value.strip() == "":
         return 0
     try:
-        return max(0, int(value))
+        number = int(value)
     except ValueError:
         raise HTTPException(
-            status.HTTP_400_BAD_REQUEST, "Last-Event-ID must be an integer event id"
+            status.HTTP_400_BAD_REQUEST, "Last-Event-ID: must be an integer event id"
         ) from None
+    if number > INT64_MAX:  # event ids are BIGINT: a larger cursor would overflow the query
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"Last-Event-ID: must be at most {INT64_MAX}")
+    return max(0, number)
 
 
-def _read(state: AppState, job_id: str, after: int) -> tuple[str | None, list[tuple[int, str, dict]]]:
-    with state.db.reader() as s:
+Batch = tuple[str | None, list[tuple[int, str, dict]]]
+
+
+def _read(state: AppState, job_id: str, after: int, owner_id: int | None = None) -> Batch:
+    with state.db.read() as conn:
         # Status first, then events: the final state event commits with the status, so once a terminal
         # status is seen, every event of the job is already visible to the next query.
-        status_ = s.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
-        events = crud.events_after(s, job_id, after, limit=BATCH)
-        return status_, [(e.id, e.type, {**e.data, "at": e.created_at.isoformat()}) for e in events]
+        status_ = crud.job_status(conn, job_id, owner_id)
+        if status_ is None:
+            return None, []
+        events = crud.events_after(conn, job_id, after, limit=BATCH)
+    return status_, [(e.id, e.type, {**e.data, "at": e.created_at.isoformat()}) for e in events]
 
 
 async def _stream(
-    state: AppState, request: Request, job_id: str, after: int, follow: bool
+    state: AppState, request: Request, job_id: str, first: Batch, after: int, follow: bool
 ) -> AsyncIterator[ServerSentEvent]:
     last = after
+    batch: Batch | None = first
     while True:
-        status_, events = await run_in_threadpool(_read, state, job_id, last)
+        status_, events = batch if batch is not None else await run_in_threadpool(_read, state, job_id, last)
+        batch = None
         for event_id, type_, data in events:
             last = event_id
             yield ServerSentEvent(id=str(event_id), event=type_, data=json.dumps(data))

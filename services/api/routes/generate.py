@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from services.api.deps import CurrentUser, StateDep
+from services.api.errors import error_body, responses
 from services.sampler.schemas import (
     CompletionRequest,
     CompletionResponse,
@@ -25,7 +26,14 @@ from services.sampler.schemas import (
     StreamRequest,
 )
 
-router = APIRouter(tags=["generation"])
+router = APIRouter(tags=["generation"], responses=responses(404, 413, 502, 504, 507))
+"""Past the sampler: 404 unknown/foreign model, 413 too many texts, 502/504 sampler failed or timed out
+(503 when it is unreachable), 507 a model larger than its cache."""
+SSE_EXAMPLE = 'event: state\ndata: {"step": 8, "total": 64, "samples": ["The ___ was"]}\n\nevent: result\ndata: {...}\n\n'
+COMPLETION_SSE_EXAMPLE = (
+    'data: {"id": "cmpl-1", "object": "text_completion", "choices": [...]}\n\ndata: [DONE]\n\n'
+)
+
 FORWARDED_HEADERS = ("authorization", "content-type", "accept", "last-event-id")
 
 
@@ -58,11 +66,11 @@ async def proxy(request: Request, state: StateDep, path: str) -> Response:
     try:
         response = await client.send(upstream, stream=True)
     except httpx.TimeoutException as exc:
-        return JSONResponse({"detail": f"the sampler service at {url} did not answer in time: {exc}"}, 504)
+        return JSONResponse(error_body(f"the sampler service at {url} did not answer in time: {exc}"), 504)
     except httpx.TransportError as exc:
         return JSONResponse(
-            {"detail": f"the sampler service at {url} (MMDLM_SAMPLER_URL) is unreachable: {exc}; "
-                       "is `mmdlm serve-sampler` running?"},
+            error_body(f"the sampler service at {url} (MMDLM_SAMPLER_URL) is unreachable: {exc}; "
+                       "is `mmdlm serve-sampler` running?"),
             503,
         )  # fmt: skip
     media_type = response.headers.get("content-type", "application/json")
@@ -86,14 +94,24 @@ async def generate(body: GenerateRequest, request: Request, _: CurrentUser, stat
     return await proxy(request, state, "/v1/generate")
 
 
-@router.post("/v1/generate/stream", response_class=StreamingResponse)
+@router.post(
+    "/v1/generate/stream",
+    response_class=StreamingResponse,
+    responses={200: {"description": "server-sent events: `state` ... then `result`", "content": {
+        "text/event-stream": {"example": SSE_EXAMPLE}}}},
+)  # fmt: skip
 async def generate_stream(body: StreamRequest, request: Request, _: CurrentUser, state: StateDep) -> Response:
     """Server-sent events: `state` (partly denoised samples) every `stream_every` steps, then `result`."""
     del body
     return await proxy(request, state, "/v1/generate/stream")
 
 
-@router.post("/v1/completions", response_model=CompletionResponse)
+@router.post(
+    "/v1/completions",
+    response_model=CompletionResponse,
+    responses={200: {"description": "a completion; `stream: true`: server-sent events ending with `data: [DONE]`",
+                     "content": {"text/event-stream": {"example": COMPLETION_SSE_EXAMPLE}}}},
+)  # fmt: skip
 async def completions(body: CompletionRequest, request: Request, _: CurrentUser, state: StateDep) -> Response:
     """OpenAI-compatible completions (`stream: true`: `data: {...}` events ending with `data: [DONE]`);
     diffusion settings (steps, sampler, min_p, float64, precision, ...) are extra fields."""

@@ -7,11 +7,12 @@ claim. A running or finished job answers 409: its priority no longer decides any
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from sqlalchemy import select
 
 from mmdlm.config.base import StrictModel
 from services.api.deps import CurrentUser, StateDep
+from services.api.errors import responses
 from services.api.schemas import JobOptions, JobPublic
 from services.common import crud
 from services.common.lifecycle import add_event
@@ -21,10 +22,12 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 class JobUpdate(StrictModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"priority": 10}]})
+
     priority: int = Field(ge=-100, le=100, description=JobOptions.model_fields["priority"].description)
 
 
-@router.patch("/{job_id}", response_model=JobPublic)
+@router.patch("/{job_id}", response_model=JobPublic, responses=responses(404, 409, 413))
 def update_job(job_id: str, body: JobUpdate, user: CurrentUser, state: StateDep) -> JobPublic:
     """Change the priority of a waiting job (409 once it runs or has ended)."""
     with state.db.session() as session, session.begin():

@@ -8,8 +8,11 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
+from pydantic import BaseModel
 
+from mmdlm.config.base import INT64_MAX
 from services.api.deps import CurrentUser, SessionDep, StateDep
+from services.api.errors import responses
 from services.api.schemas import (
     JobPublic,
     JobsPublic,
@@ -28,16 +31,34 @@ logger = logging.getLogger(__name__)
 NOT_FOUND = "job not found"
 
 
-def _json(model: JobPublic, status_code: int = 200) -> Response:
+def _json(model: BaseModel, status_code: int = 200) -> Response:
     """Serialize once with pydantic (the hot paths skip FastAPI's re-validation of the response)."""
     return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+SUBMIT_EXAMPLES = {
+    "train": {
+        "summary": "train an MDLM on a dataset artifact",
+        "value": {"kind": "train", "dataset": "0f8e5c1d2b3a4e6f8a9b0c1d2e3f4a5b", "steps": 200,
+                  "model": {"family": "mdlm", "model": "cpu-nano"}, "checkpoint": {"interval": 50}, "priority": 5},
+    },
+    "prepare-data": {
+        "summary": "tokenize the bundled corpus",
+        "value": {"kind": "prepare-data", "source": {"type": "bundled"}, "seq_len": 128},
+    },
+}  # fmt: skip
+"""Request examples of POST /v1/jobs (every kind's full schema is in /v1/kinds)."""
 
 
 def build_router(kinds: dict[str, JobKind], job_create: Any) -> APIRouter:
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-    @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
-    def submit_job(body: Annotated[job_create, Body()], user: CurrentUser, state: StateDep) -> Response:  # type: ignore[valid-type]
+    @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic, responses=responses(413))
+    def submit_job(
+        body: Annotated[job_create, Body(openapi_examples=SUBMIT_EXAMPLES)],
+        user: CurrentUser,
+        state: StateDep,
+    ) -> Response:  # type: ignore[valid-type]
         """Validate the spec, store a queued job, then publish its wake-up (after the commit)."""
         spec_data, options = split_options(body)
         kind = kinds[spec_data["kind"]]
@@ -61,30 +82,40 @@ def build_router(kinds: dict[str, JobKind], job_create: Any) -> APIRouter:
     @router.get("", response_model=JobsPublic)
     def list_jobs(
         user: CurrentUser,
-        session: SessionDep,
+        state: StateDep,
         status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
         kind: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
-    ) -> JobsPublic:
+        offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+    ) -> Response:
         """The caller's jobs, newest first; filter by `status` (repeatable) and `kind`."""
-        jobs, total = crud.list_jobs(
-            session, user.id, status=[s.value for s in status_ or []], kind=kind, limit=limit, offset=offset
-        )
-        produced = crud.job_artifact_ids(session, [j.id for j in jobs])
-        return JobsPublic(
-            data=[JobPublic.of(j, produced.get(j.id)) for j in jobs], count=total, limit=limit, offset=offset
+        with state.db.read() as conn:
+            jobs, total = crud.list_jobs(
+                conn, user.id, status=[s.value for s in status_ or []], kind=kind, limit=limit, offset=offset
+            )
+            produced = crud.job_artifact_ids(conn, [j.id for j in jobs])
+        return _json(
+            JobsPublic(
+                data=[JobPublic.of(j, produced.get(j.id)) for j in jobs],
+                count=total,
+                limit=limit,
+                offset=offset,
+            )
         )
 
-    @router.get("/{job_id}", response_model=JobPublic)
+    @router.get("/{job_id}", response_model=JobPublic, responses=responses(404))
     def get_job(job_id: str, user: CurrentUser, state: StateDep) -> Response:
-        with state.db.reader() as session:
-            found = crud.get_job_with_artifacts(session, job_id, user.id)
-            if found is None:
-                raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
-            return _json(JobPublic.of(*found))
+        with state.db.read() as conn:
+            found = crud.get_job_with_artifacts(conn, job_id, user.id)
+        if found is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
+        return _json(JobPublic.of(*found))
 
-    @router.post("/{job_id}/cancel", response_model=JobPublic)
+    @router.post(
+        "/{job_id}/cancel",
+        response_model=JobPublic,
+        responses={202: {"model": JobPublic}, **responses(404, 409)},
+    )
     def cancel_job(job_id: str, user: CurrentUser, state: StateDep, response: Response) -> JobPublic:
         """Waiting jobs are cancelled at once (200); running ones stop within seconds (202)."""
         outcome = lifecycle.request_cancel(state.db, job_id, owner_id=user.id)
@@ -99,13 +130,13 @@ def build_router(kinds: dict[str, JobKind], job_create: Any) -> APIRouter:
             assert job is not None
             return JobPublic.of(job, crud.job_artifact_ids(session, [job.id]).get(job.id))
 
-    @router.get("/{job_id}/metrics", response_model=MetricsPublic)
+    @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=responses(404))
     def get_metrics(
         job_id: str,
         user: CurrentUser,
         session: SessionDep,
         name: Annotated[list[str] | None, Query()] = None,
-        since_step: Annotated[int | None, Query(ge=0)] = None,
+        since_step: Annotated[int | None, Query(ge=0, le=INT64_MAX)] = None,
     ) -> MetricsPublic:
         """Metric series of a job as columns per name (`name` repeatable to select)."""
         if crud.get_job(session, job_id, user.id) is None:

@@ -1,4 +1,5 @@
-"""/v1/kinds: the job kinds this deployment accepts, with the JSON schema of each spec."""
+"""/v1/kinds: the job kinds this deployment accepts, with the JSON schema of each spec and its limits
+(operator quotas a submission is checked against; `sample` also carries the sampler's per-request limits)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ router = APIRouter(prefix="/v1/kinds", tags=["kinds"])
 def list_kinds(_: CurrentUser, state: StateDep) -> list[KindPublic]:
     return [
         KindPublic(
-            name=k.name, queue=k.queue, description=k.description, spec_schema=k.spec.model_json_schema()
-        )
+            name=k.name, queue=k.queue, description=k.description, spec_schema=k.spec.model_json_schema(),
+            limits=dict(k.extra),
+        )  # fmt: skip
         for k in sorted(state.kinds.values(), key=lambda k: k.name)
     ]

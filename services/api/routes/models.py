@@ -17,7 +17,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mmdlm.config.base import INT64_MAX
 from services.api.deps import CurrentUser, SessionDep
+from services.api.errors import responses
 from services.common import crud
 from services.common.models import Artifact
 from services.sampler.protocols import compare_groups, metric_group, order_metrics
@@ -116,7 +118,7 @@ def list_models(
     user: CurrentUser,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> ModelsPublic:
     """Your `model` artifacts, newest first, each with its latest evaluation's summary and protocols."""
     models, total = crud.list_artifacts(session, user.id, kind="model", limit=limit, offset=offset)
@@ -124,11 +126,13 @@ def list_models(
     return ModelsPublic(data=[_public(m, user.name, evaluations.get(m.id, [])) for m in models], count=total)
 
 
-@router.get("/compare", response_model=CompareTable)
+@router.get("/compare", response_model=CompareTable, responses=responses(404))
 def compare_models(
     user: CurrentUser,
     session: SessionDep,
-    ids: Annotated[list[str], Query(description="model ids, comma-separated or repeated")],
+    ids: Annotated[
+        list[str], Query(max_length=MAX_COMPARE, description="model ids, comma-separated or repeated")
+    ],
 ) -> CompareTable:
     """One table of the models' latest evaluations. A metric group (nll, generative, sweep, t2l, l2t, sts)
     is comparable only if every model measured it under the same protocol; otherwise `groups[g]
@@ -174,7 +178,7 @@ def compare_models(
     return CompareTable(columns=columns, rows=rows, groups=groups, comparable=comparable)
 
 
-@router.get("/{model_id}", response_model=ModelPublic)
+@router.get("/{model_id}", response_model=ModelPublic, responses=responses(404))
 def get_model(model_id: str, user: CurrentUser, session: SessionDep) -> ModelPublic:
     """One model with every evaluation, newest first."""
     artifact = crud.get_artifact(session, model_id, user.id)

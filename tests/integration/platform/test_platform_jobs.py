@@ -194,9 +194,9 @@ def test_prepare_data_end_to_end(platform: Platform, tmp_path: Path) -> None:
     assert info.value.status == 422 and info.value.detail.startswith("dataset: ")
 
 
-def test_prepare_data_bad_folder_fails_at_once(platform: Platform, tmp_path: Path) -> None:
+def test_prepare_data_bad_folder_is_refused_at_submit(platform: Platform, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-corpus"
-    job = platform.client.submit({"kind": "prepare-data", "source": {"type": "folder", "path": str(missing)}})
-    done = platform.wait(job["id"], timeout_s=120)
-    assert (done["status"], done["attempt"]) == ("failed", 1), done
-    assert str(missing) in done["error"]
+    with pytest.raises(ApiError) as info:  # outside the data roots, and missing: one answer, no echo
+        platform.client.submit({"kind": "prepare-data", "source": {"type": "folder", "path": str(missing)}})
+    assert info.value.status == 422 and info.value.detail.startswith("source.path: ")
+    assert str(tmp_path) not in str(info.value.body)

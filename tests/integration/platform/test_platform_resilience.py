@@ -93,6 +93,9 @@ def test_unreachable_store_fails_the_job_with_a_clear_error_and_no_artifact(clus
         blocker.write_text("")
         broken = {"MMDLM_STORE_PATH": str(blocker / "store")}
         expected = "not writable"
+    # without its start-up checks: a worker would refuse to start on this store (the store breaking
+    # while the worker runs is the case under test)
+    broken["MMDLM_STARTUP_CHECKS"] = "false"
     worker = cluster.add_worker(["sample"], env=broken, wait_ready=False)  # the job waits for it
     try:
         job = cluster.client.submit({"kind": "probe-sample", "steps": 1, "files": 3, "max_attempts": 2})
