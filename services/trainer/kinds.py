@@ -200,7 +200,6 @@ def check(spec: TrainSpec, session: Session, user: Principal) -> None:
         session, user, spec.dataset, field="dataset", kind=dataset_kind(spec.model.family)
     )
     check_quota(spec, (dataset.meta or {}).get("seq_len"), settings.max_tokens)
-    check_user_paths(spec, user.name)  # latent families: a local model.encoder.model folder
     clusters = spec.clusters_artifact
     if clusters is not None:
         require_artifact(session, user, clusters, field="model.clusters", kind="clusters")

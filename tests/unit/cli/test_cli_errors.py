@@ -46,7 +46,11 @@ CLIENT = {"MMDLM_TOKEN": "mmdlm_x", "MMDLM_API_URL": "http://127.0.0.1:9"}
 @pytest.mark.parametrize(
     ("content", "name", "words"),
     [
-        ("kind: train\nsteps: [1\n", "job.yaml", ["job.yaml is not valid YAML", "line 3, column 1", "expected ','"]),
+        (
+            "kind: train\nsteps: [1\n",
+            "job.yaml",
+            ["job.yaml is not valid YAML", "line 3, column 1", "expected ','"],
+        ),
         ("kind: train\n\tsteps: 3\n", "job.yaml", ["not valid YAML", "line 2, column 1", "'\\t'"]),
         ('kind: "train\n', "job.yaml", ["not valid YAML", "quoted scalar"]),
         ('{"kind": ', "job.json", ["job.json is not valid JSON", "line 1"]),
@@ -63,7 +67,9 @@ def test_submit_names_what_is_wrong_with_the_file(
 
 
 def test_submit_of_a_missing_file_and_bad_overrides(tmp_path: Path) -> None:
-    assert_one_line_error(run_mmdlm(["submit", "nope.yaml"], CLIENT, tmp_path), "config file not found: nope.yaml")
+    assert_one_line_error(
+        run_mmdlm(["submit", "nope.yaml"], CLIENT, tmp_path), "config file not found: nope.yaml"
+    )
     (tmp_path / "job.yaml").write_text("kind: train\nsteps: 3\n")
     cases = {
         "steps=[1": ["--set 'steps=[1'", "not valid YAML", "column 3"],

@@ -1,0 +1,136 @@
+"""The gateway's fast path (issue 11, item 5): pools without pre-ping and a threadpool no larger than the
+pool, no sync dependency on any route (one threadpool hop per request at most), and hot queries that
+reuse SQLAlchemy's compiled cache and PostgreSQL's prepared statements."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from anyio import to_thread
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from sqlalchemy import event
+from sqlalchemy.engine.interfaces import CacheStats
+
+from services.api.main import create_app
+from services.common import crud, lifecycle
+from services.common.auth import Principal
+from services.common.db import POOL_RECYCLE_S, Database, make_engine
+from services.common.models import JobStatus
+from services.common.settings import Settings
+
+
+def test_pools_do_not_ping_and_recycle_instead() -> None:
+    """A pre-ping was a second round trip per request; recycling bounds a connection's age instead."""
+    for url in ("postgresql+psycopg://u@127.0.0.1:1/x", "sqlite:////tmp/never-opened/x.sqlite"):
+        engine = make_engine(url, pool_size=7)  # makes no connection
+        pool: Any = engine.pool
+        assert (pool.size(), pool._pre_ping, pool._recycle) == (7, False, POOL_RECYCLE_S), url
+        engine.dispose()
+
+
+def test_threadpool_is_capped_at_the_pool_size(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, home=tmp_path, db_pool_size=6)  # type: ignore[call-arg]
+    with TestClient(create_app(settings)) as client:
+        tokens = client.portal.call(lambda: to_thread.current_default_thread_limiter().total_tokens)
+        metrics = client.get("/metrics").text
+    assert tokens == 6
+    assert "mmdlm_db_connections_opened_total" in metrics and "mmdlm_db_connections_in_use" in metrics
+
+
+def _is_async(call: Callable[..., Any]) -> bool:
+    target = call if inspect.isfunction(call) or inspect.ismethod(call) else getattr(call, "__call__", call)  # noqa: B004
+    return inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)
+
+
+def _api_routes(routes: list[Any]) -> Iterator[APIRoute]:
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif hasattr(route, "original_router"):  # FastAPI's lazily included router
+            yield from _api_routes(route.original_router.routes)
+
+
+def test_no_route_has_a_sync_dependency(tmp_path: Path) -> None:
+    """FastAPI runs each sync dependency in the threadpool (a sync generator twice): a request may hop
+    once, for its sync handler, and no more."""
+    app = create_app(Settings(_env_file=None, home=tmp_path))  # type: ignore[call-arg]
+    sync: list[str] = []
+    visited: set[str] = set()
+
+    def walk(route: APIRoute, dependant: Any) -> None:
+        for dep in dependant.dependencies:
+            visited.add(type(dep.call).__name__ if not inspect.isfunction(dep.call) else dep.call.__name__)
+            if dep.call is not None and not _is_async(dep.call):
+                sync.append(f"{route.path}: {getattr(dep.call, '__name__', dep.call)!r}")
+            walk(route, dep)
+
+    routes = list(_api_routes(app.routes))
+    assert any(r.path == "/v1/jobs/{job_id}" for r in routes)
+    for route in routes:
+        walk(route, route.dependant)
+    assert {"BearerAuth", "get_state", "get_session"} <= visited
+    assert sync == []
+
+
+def _seed(db: Database, user: Principal) -> str:
+    with db.begin() as s:
+        job = lifecycle.create_job(s, owner_id=user.id, kind="probe", queue="encode", spec={"kind": "probe"})
+    return job.id
+
+
+def _hot_reads(db: Database, user: Principal, job_id: str) -> None:
+    with db.read() as conn:
+        found = crud.get_job_with_artifacts(conn, job_id, user.id)
+        assert found is not None and found[0].id == job_id and found[1] == []
+        assert crud.job_status(conn, job_id, user.id) == JobStatus.queued.value
+        assert [e.type for e in crud.events_after(conn, job_id, 0)] == ["state"]
+        rows, total = crud.list_jobs(conn, user.id, limit=5)
+        assert total == 1 and rows[0].id == job_id
+        rows, total = crud.list_jobs(conn, user.id, status=["queued", "running"], kind="probe")
+        assert total == 1
+        assert crud.job_artifact_ids(conn, [job_id, "x" * 32]) == {}
+    with db.reader() as session:
+        job = crud.get_job(session, job_id, user.id)
+        assert job is not None and job.spec == {"kind": "probe"}
+        assert crud.get_artifact(session, "x" * 32, user.id) is None
+
+
+def test_hot_queries_reuse_the_compiled_cache(db: Database, user: Principal, other_user: Principal) -> None:
+    """A statement built with literal values or a per-call lambda compiles again on every request;
+    the second round of the gateway's reads must be all cache hits."""
+    job_id = _seed(db, user)
+    seen: list[tuple[str, CacheStats]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, _params: Any, context: Any, _many: bool) -> None:
+        seen.append((statement.split()[0], context.cache_hit))
+
+    event.listen(db.engine, "after_cursor_execute", record)
+    try:
+        _hot_reads(db, user, job_id)
+        first = len(seen)
+        _hot_reads(db, user, job_id)
+    finally:
+        event.remove(db.engine, "after_cursor_execute", record)
+    assert first > 5
+    assert [hit for _, hit in seen[first:]] == [CacheStats.CACHE_HIT] * first
+    with db.read() as conn:  # and the owner filter still holds
+        assert crud.get_job_with_artifacts(conn, job_id, other_user.id) is None
+        assert crud.job_status(conn, job_id, other_user.id) is None
+
+
+@pytest.mark.postgres
+def test_postgres_prepares_the_status_query(db: Database, user: Principal) -> None:
+    """psycopg prepares a statement it ran `prepare_threshold` (5) times on a connection."""
+    if db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only")
+    job_id = _seed(db, user)
+    with db.read() as conn:
+        for _ in range(6):
+            assert crud.get_job_with_artifacts(conn, job_id, user.id) is not None
+        prepared = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
+    assert any("LEFT OUTER JOIN artifacts" in text for text in prepared), prepared
