@@ -23,12 +23,13 @@ PostgreSQL connections opened per 15 s under load (target <= the pool size): the
 `mmdlm_db_connections_opened_total` (pool 'connect' events, from /metrics) and the server's
 `pg_stat_database.sessions` (PostgreSQL >= 14), which also counts for an API without that metric.
 
-`--api-root DIR` runs the API from another checkout (e.g. `git worktree add /tmp/base HEAD`) with this
-venv, so an old code path is measured as the baseline under the same conditions.
+`--baseline-root DIR` also starts an API from another checkout (e.g. `git worktree add /tmp/base REV`)
+with this venv, each on its own fresh database, and measures every cell on both back to back: before and
+after under the same machine load, in one run.
 
     python bench/api.py                                   # both backends, 4 s per cell
     python bench/api.py --backends embedded --duration 2 --ops healthz status
-    python bench/api.py --api-root /tmp/base --out bench/results/api-base.json
+    python bench/api.py --baseline-root /tmp/base         # before/after, cell by cell
 """
 
 from __future__ import annotations
@@ -281,9 +282,21 @@ def pg_sessions(db_url: str | None) -> int | None:
 # --- one backend ---------------------------------------------------------------------------------------------
 
 
-def _start_api(env: dict[str, str], workdir: Path, root: Path) -> tuple[subprocess.Popen[bytes], int]:
+@dataclass
+class Variant:
+    """One API process under test: `after` (this checkout) or `before` (--baseline-root)."""
+
+    name: str
+    root: Path
+    target: Target
+    db_url: str | None
+    pid: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _start_api(env: dict[str, str], log_path: Path, root: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    log = (workdir / "api.log").open("wb")
+    log = log_path.open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -291,7 +304,7 @@ def _start_api(env: dict[str, str], workdir: Path, root: Path) -> tuple[subproce
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"API exited: {(workdir / 'api.log').read_text()[-2000:]}")
+            raise RuntimeError(f"API exited: {log_path.read_text()[-2000:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return proc, port
@@ -300,64 +313,85 @@ def _start_api(env: dict[str, str], workdir: Path, root: Path) -> tuple[subproce
     raise RuntimeError("API not listening after 90 s")
 
 
-async def _measure(
-    target: Target, args: argparse.Namespace, db_url: str | None, pool_size: int
-) -> list[dict[str, Any]]:
-    seed, _ = await closed_loop(target, "submit", 4, 1.0)  # warm-up + the jobs that reads pick from
-    target.ids += seed.new_ids
-    rows: list[dict[str, Any]] = []
-    shapes: list[tuple[str, int]] = [("closed", c) for c in args.clients] + [
-        (f"paced {args.rate:g}/s", args.paced_clients)
-    ]
+def _variant(name: str, root: Path, backend: str, args: argparse.Namespace, stack: ExitStack) -> Variant:
+    """A fresh database (and Redis namespace), a token, and an API process running from `root`."""
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-api-{backend}-{name}-")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMDLM_")}
+    env.update(MMDLM_HOME=str(workdir / "home"), MMDLM_LOG_LEVEL="WARNING", PYTHONPATH=str(root))
+    env.update(MMDLM_TOKEN_CACHE_S="60", MMDLM_DB_POOL_SIZE=str(args.pool_size))
+    db_url: str | None = None
+    if backend == "postgres":
+        db_url = stack.enter_context(postgres_database("mmdlm_bench"))
+        broker, prefix = stack.enter_context(redis_namespace())
+        env.update(MMDLM_DATABASE_URL=db_url, MMDLM_BROKER_URL=broker, MMDLM_BROKER_KEY_PREFIX=prefix)
+        database_url = db_url
+    else:
+        database_url = f"sqlite:///{workdir / 'home' / 'mmdlm.sqlite'}"
+    upgrade(database_url)
+    database = Database(database_url)
+    with database.begin() as session:
+        _, token = create_token(session, f"bench-{secrets.token_hex(3)}")
+    database.engine.dispose()
+    proc, port = _start_api(env, workdir / "api.log", root)
+    stack.callback(stop_process_group, proc)
+    return Variant(name, root, Target("127.0.0.1", port, token), db_url, proc.pid)
+
+
+async def _cell(
+    variant: Variant, op: str, mode: str, clients: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    target = variant.target
+    api_before = await api_connections_opened(target)
+    pg_before = pg_sessions(variant.db_url)
+    if mode == "closed":
+        tally, elapsed = await closed_loop(target, op, clients, args.duration)
+    else:
+        tally, elapsed = await paced(target, op, clients, args.rate, args.duration)
+    pg_after = pg_sessions(variant.db_url)
+    api_after = await api_connections_opened(target)
+    target.ids += tally.new_ids
+    ms = [x * 1000 for x in tally.latencies]
+    return {
+        "variant": variant.name, "op": op, "mode": mode, "clients": clients, "requests": len(ms),
+        "seconds": elapsed, "throughput_rps": len(ms) / elapsed, "p50_ms": _percentile(ms, 0.5),
+        "p99_ms": _percentile(ms, 0.99), "errors": tally.errors, "errors_5xx": tally.server_errors,
+        "transport_errors": tally.transport_errors,
+        "db_connections_opened_api": None if api_before is None or api_after is None else api_after - api_before,
+        "db_sessions_opened_pg": None if pg_before is None or pg_after is None else pg_after - pg_before,
+        "jobs_in_table": len(target.ids), "db_pool_size": args.pool_size,
+    }  # fmt: skip
+
+
+async def _measure(variants: list[Variant], args: argparse.Namespace) -> None:
+    """Every (operation, load) cell on each variant back to back, so that before and after see the
+    same machine load."""
+    for v in variants:
+        seed, _ = await closed_loop(v.target, "submit", 4, 1.0)  # warm-up + the jobs reads pick from
+        v.target.ids += seed.new_ids
+    shapes = [("closed", c) for c in args.clients] + [(f"paced {args.rate:g}/s", args.paced_clients)]
     for op in args.ops:
-        await closed_loop(target, op, 10, 0.5)  # warm this route's caches
+        for v in variants:
+            await closed_loop(v.target, op, 10, 0.5)  # warm this route's caches
         for mode, clients in shapes:
-            api_before = await api_connections_opened(target)
-            pg_before = pg_sessions(db_url)
-            if mode == "closed":
-                tally, elapsed = await closed_loop(target, op, clients, args.duration)
-            else:
-                tally, elapsed = await paced(target, op, clients, args.rate, args.duration)
-            pg_after = pg_sessions(db_url)
-            api_after = await api_connections_opened(target)
-            target.ids += tally.new_ids
-            ms = [x * 1000 for x in tally.latencies]
-            rows.append({
-                "op": op, "mode": mode, "clients": clients, "requests": len(ms), "seconds": elapsed,
-                "throughput_rps": len(ms) / elapsed, "p50_ms": _percentile(ms, 0.5),
-                "p99_ms": _percentile(ms, 0.99), "errors": tally.errors, "errors_5xx": tally.server_errors,
-                "transport_errors": tally.transport_errors,
-                "db_connections_opened_api": None if api_before is None or api_after is None else api_after - api_before,
-                "db_sessions_opened_pg": None if pg_before is None or pg_after is None else pg_after - pg_before,
-                "jobs_in_table": len(target.ids), "db_pool_size": pool_size,
-            })  # fmt: skip
-            print(_line(rows[-1]), flush=True)
-    return rows
+            for v in variants:
+                v.rows.append(await _cell(v, op, mode, clients, args))
+                print(_line(v.rows[-1]), flush=True)
 
 
 def run_backend(name: str, args: argparse.Namespace) -> dict[str, Any]:
     with ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-api-{name}-")))
-        root = args.api_root.resolve()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MMDLM_")}
-        env.update(MMDLM_HOME=str(workdir / "home"), MMDLM_LOG_LEVEL="WARNING", PYTHONPATH=str(root))
-        env.update(MMDLM_TOKEN_CACHE_S="60", MMDLM_DB_POOL_SIZE=str(args.pool_size))
-        db_url: str | None = None
-        if name == "postgres":
-            db_url = stack.enter_context(postgres_database("mmdlm_bench"))
-            broker, prefix = stack.enter_context(redis_namespace())
-            env.update(MMDLM_DATABASE_URL=db_url, MMDLM_BROKER_URL=broker, MMDLM_BROKER_KEY_PREFIX=prefix)
-            database_url = db_url
-        else:
-            database_url = f"sqlite:///{workdir / 'home' / 'mmdlm.sqlite'}"
-        upgrade(database_url)
-        with Database(database_url).begin() as session:
-            _, token = create_token(session, f"bench-{secrets.token_hex(3)}")
-        proc, port = _start_api(env, workdir, root)
-        stack.callback(stop_process_group, proc)
-        print(f"\n{BACKENDS[name]} (API from {root}, pid {proc.pid})", flush=True)
-        rows = asyncio.run(_measure(Target("127.0.0.1", port, token), args, db_url, args.pool_size))
-        return {"backend": BACKENDS[name], "rows": rows, "summary": _summary(rows, args)}
+        roots = [("after", args.api_root.resolve())]
+        if args.baseline_root is not None:
+            roots.append(("before", args.baseline_root.resolve()))
+        variants = [_variant(v, root, name, args, stack) for v, root in roots]
+        for v in variants:
+            print(f"\n{BACKENDS[name]}: {v.name} = API from {v.root} (pid {v.pid})", flush=True)
+        print(HEADER, flush=True)
+        asyncio.run(_measure(variants, args))
+        return {
+            "backend": BACKENDS[name],
+            "variants": {v.name: {"api_root": str(v.root), "rows": v.rows, "summary": _summary(v.rows, args)} for v in variants},
+        }  # fmt: skip
 
 
 def _find(rows: list[dict[str, Any]], op: str, mode: str, clients: int) -> dict[str, Any] | None:
@@ -365,7 +399,7 @@ def _find(rows: list[dict[str, Any]], op: str, mode: str, clients: int) -> dict[
 
 
 def _summary(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    """The ratios and counts the targets are stated in (closed loop at the largest client count)."""
+    """The ratios and counts the targets are stated in (closed loop per client count)."""
     top = max(args.clients)
     out: dict[str, Any] = {}
     for clients in args.clients:
@@ -391,20 +425,26 @@ def _line(r: dict[str, Any]) -> str:
         return "-" if v is None else format(v, fmt)
 
     return (
-        f"  {r['op']:8s} {r['mode']:12s} {r['clients']:7d} {r['throughput_rps']:8.1f} {num(r['p50_ms'], '8.2f')} "
-        f"{num(r['p99_ms'], '8.2f')} {r['errors']:6d} {r['errors_5xx']:5d} "
+        f"  {r['variant']:7s} {r['op']:8s} {r['mode']:12s} {r['clients']:7d} {r['throughput_rps']:8.1f} "
+        f"{num(r['p50_ms'], '8.2f')} {num(r['p99_ms'], '8.2f')} {r['errors']:6d} {r['errors_5xx']:5d} "
         f"{num(r['db_connections_opened_api'], '6.0f')} {num(r['db_sessions_opened_pg'], '6.0f')}"
     )
 
 
 HEADER = (
-    f"  {'op':8s} {'mode':12s} {'clients':>7s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s} "
-    f"{'5xx':>5s} {'conn':>6s} {'pgsess':>6s}"
+    f"  {'variant':7s} {'op':8s} {'mode':12s} {'clients':>7s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
+    f"{'errors':>6s} {'5xx':>5s} {'conn':>6s} {'pgsess':>6s}"
+)
+TARGETS = (
+    ("status_over_healthz_50", ">= 0.7", lambda v: v >= 0.7),
+    ("submit_over_healthz_50", ">= 0.4", lambda v: v >= 0.4),
+    ("paced_status_p99_ms", "< 25 ms", lambda v: v < 25),
+    ("errors_5xx_at_50", "== 0", lambda v: v == 0),
 )
 
 
 def _load() -> list[float]:
-    return list(os.getloadavg())
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _args() -> argparse.Namespace:
@@ -417,6 +457,10 @@ def _args() -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=4.0, help="seconds per (operation, load) cell")
     p.add_argument("--pool-size", type=int, default=10, help="MMDLM_DB_POOL_SIZE of the API")
     p.add_argument("--api-root", type=Path, default=REPO, help="checkout the API process runs from")
+    p.add_argument(
+        "--baseline-root", type=Path, default=None,
+        help="also run an API from this checkout (e.g. `git worktree add /tmp/base HEAD~1`), cell by cell",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "api.json")
     return p.parse_args()
 
@@ -430,7 +474,7 @@ def main() -> None:
     except ImportError:
         pass
     load_before = _load()
-    print(f"load average before: {load_before}\n{HEADER}", flush=True)
+    print(f"load average before: {load_before}", flush=True)
     backends = [run_backend(name, args) for name in args.backends]
     load_after = _load()
     print(f"\nload average after: {load_after}")
@@ -438,22 +482,34 @@ def main() -> None:
         print(f"\n{b['backend']}")
         print(HEADER)
         print("  " + "-" * (len(HEADER) - 2))
-        for r in b["rows"]:
+        rows = [r for v in b["variants"].values() for r in v["rows"]]
+        for r in sorted(
+            rows, key=lambda r: (OPS.index(r["op"]), r["mode"] != "closed", r["clients"], r["variant"])
+        ):
             print(_line(r))
-        for key, value in b["summary"].items():
-            print(f"  {key:36s} {'-' if value is None else format(value, '.3g')}")
+        names = list(b["variants"])
+        print(f"\n  {'summary':36s} " + " ".join(f"{n:>8s}" for n in names) + "  target")
+        for key in b["variants"][names[0]]["summary"]:
+            values = [b["variants"][n]["summary"].get(key) for n in names]
+            target = next((t for t in TARGETS if t[0] == key), None)
+            verdict = ""
+            if target is not None and values[0] is not None:
+                verdict = f"{target[1]}: {'met' if target[2](values[0]) else 'MISSED'}"
+            cells = " ".join(f"{'-' if v is None else format(v, '8.3g'):>8s}" for v in values)
+            print(f"  {key:36s} {cells}  {verdict}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "api",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "load_average_before": load_before,
         "load_average_after": load_after,
-        "api_root": str(args.api_root.resolve()),
         "duration_s_per_cell": args.duration,
         "paced": {"clients": args.paced_clients, "rate_per_client": args.rate},
         "db_pool_size": args.pool_size,
+        "targets": {key: text for key, text, _ in TARGETS},
         "note": "client and server share the same CPUs; closed-loop latency follows Little's law; "
-        "events latency = first body byte",
+        "events latency = first body byte; conn = pool connects counted by the API (mmdlm_db_connections_"
+        "opened_total), pgsess = pg_stat_database.sessions delta",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "backends": backends,
     }  # fmt: skip

@@ -132,7 +132,7 @@ def serve(
     _logging(settings.log_level)
     # The gateway starts while a dependency is down (503s, /readyz says which); a URL that can never
     # work stops it here, in one line.
-    _preflight(preflight.check_urls, settings, broker=True)
+    _preflight(preflight.check_config, settings, broker=True)
     if settings.should_auto_migrate:
         _migrate(settings)
     _sigterm_exits_0()
@@ -161,15 +161,20 @@ def serve_sampler(
 
     settings = _settings()
     _logging(settings.log_level)
-    _preflight(preflight.check_urls, settings, broker=False)
+    _preflight(preflight.check_config, settings, broker=False)
     try:
         config = SamplerSettings()
     except ValidationError as exc:
         fail(f"invalid MMDLM_SAMPLER_* settings: {_problems(exc)}")
+    from services.sampler.app import create_app
+
+    try:  # built here, not by uvicorn's factory call, so that a refusal is one line, not a traceback
+        application = create_app(settings, config)
+    except ValueError as exc:  # e.g. MMDLM_SAMPLER_DEVICE=cuda on a machine without CUDA
+        fail(f"sampler not started: {exc}")
     _sigterm_exits_0()
     uvicorn.run(
-        "services.sampler.app:create_app",
-        factory=True,
+        application,
         host=host or config.host,
         port=config.port if port is None else port,
         workers=1,  # the model cache and the request batcher live in this one process
@@ -337,12 +342,13 @@ def submit(
     """Submit a job described by a YAML file; prints its id."""
     import yaml
 
+    from mmdlm.cli.common import yaml_problem
     from mmdlm.config.base import apply_overrides, load_mapping
 
     try:
         body = load_mapping(file)
     except yaml.YAMLError as exc:
-        fail(f"{file} is not valid YAML: {_yaml_problem(exc)}")
+        fail(f"{file} is not valid YAML: {yaml_problem(exc)}")
     except json.JSONDecodeError as exc:
         fail(f"{file} is not valid JSON: {exc}")
     except (OSError, ValueError) as exc:  # missing/unreadable file, not text, not a mapping
@@ -351,7 +357,7 @@ def submit(
         try:
             body = apply_overrides(body, [item])
         except yaml.YAMLError as exc:
-            fail(f"--set {item!r}: the value is not valid YAML: {_yaml_problem(exc)}")
+            fail(f"--set {item!r}: the value is not valid YAML: {yaml_problem(exc)}")
         except ValueError as exc:
             fail(f"--set: {exc}")
     if priority is not None:
@@ -485,17 +491,6 @@ def demo(
     from services.demo import run_demo
 
     raise typer.Exit(run_demo(console, scale="smoke" if quick else None))
-
-
-def _yaml_problem(exc: Exception) -> str:
-    """A YAML parser error as one line: what and where (line, column), without the quoted source."""
-    problem = getattr(exc, "problem", None)
-    mark = getattr(exc, "problem_mark", None)
-    if problem is None:
-        return " ".join(str(exc).split())
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    context = getattr(exc, "context", None)
-    return f"{where}{problem}" + (f" ({context})" if context else "")
 
 
 def _progress_text(job: dict[str, Any]) -> str:

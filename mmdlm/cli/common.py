@@ -51,10 +51,21 @@ def config_error_message(exc: BaseException) -> str | None:
     if isinstance(exc, ValidationError):
         return "invalid config:\n" + format_validation_error(exc)
     if isinstance(exc, yaml.YAMLError):
-        return f"config is not valid YAML: {exc}"
+        return f"config is not valid YAML: {yaml_problem(exc)}"
     if isinstance(exc, FileNotFoundError | ValueError | KeyError):
         return str(exc).strip("'\"")
     return None
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML parser error as one line, what and where (line, column), without the quoted source."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(exc).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(exc, "context", None)
+    return f"{where}{problem}" + (f" ({context})" if context else "")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

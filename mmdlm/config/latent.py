@@ -286,8 +286,14 @@ class LatentSampleConfig(StrictModel):
     """DDIM stochasticity: 0 deterministic, 1 matches the DDPM posterior variance."""
     guidance_scale: float = Field(default=1.0, ge=0.0)
     """Classifier-free guidance on the generated modality; 1 disables the unconditional call."""
-    clip_x0: float | None = Field(default=None, gt=0.0)
-    """Clamp x0_hat (normalised space) at every latent step; tames epsilon-prediction where abar ~ 0."""
+    clip_x0: float | None = Field(default=5.0, gt=0.0)
+    """Clamp x0_hat to [-clip_x0, clip_x0] in the normalised latent space at every step (None: off).
+
+    The default 5 is the data's range after normalisation (`dataset`/`sqrt_dim` give each coordinate unit
+    variance, so 5 standard deviations keep real latents intact). Without it the first step of an
+    epsilon-model (cosine abar_999 ~ 2.4e-10) multiplies the error of the predicted noise by ~2,000 and
+    t2l latents of a barely trained model reach |x| ~ 1e5 (issue 13.1). Images: their pixel range [-1, 1]
+    caps it."""
     normalize_latent: bool = False
     """Return x0 re-normalised to unit norm (the encoder targets are unit vectors)."""
     seed: int = 0

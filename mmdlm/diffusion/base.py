@@ -280,6 +280,11 @@ class DiscreteProcess(ABC):
     ) -> Tensor:
         """One ancestral step z_t -> z_s (s < t) under the denoiser; s = 0 returns clean text ids only."""
 
+    def bound_note(self) -> str | None:
+        """Why `nll_bound` (integrated over [t_eps, 1 - t_eps]) may fall below the true bound, or None when the
+        omitted ends are O(t_eps) and negligible. Evaluation copies it into the protocol's notes."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Protocol fields recorded next to every metric."""
         return {"process": self.name, "t_eps": self.t_eps, "low_discrepancy": self.low_discrepancy}

@@ -42,8 +42,12 @@ class MaskedProcess(DiscreteProcess):
         return (1.0 - self.eps) * t.clamp(0.0, 1.0)
 
     def weight(self, t: Tensor) -> Tensor:
-        """ELBO weight sigma'/expm1(sigma) = 1/t_c with t_c = max(t, eps) (spec §3.2)."""
-        return 1.0 / t.clamp(min=max(self.eps, 1e-12), max=1.0)
+        """ELBO weight sigma'/expm1(sigma) with sigma = -log(1 - (1 - eps) t), which is exactly 1/t for every t.
+
+        No clamp at eps (spec §3.2's max(t, eps)): below eps it disagreed with the mask probability (1 - eps) t,
+        making E_z[elbo] = (1 - eps)(t / eps) CE instead of (1 - eps) CE when t_eps < eps. The 1e-12 floor only
+        keeps t = 0 (where nothing is masked) finite."""
+        return 1.0 / t.clamp(min=1e-12, max=1.0)
 
     def marginals(self, x0: Tensor, t: Tensor) -> Tensor:
         mc = self.move_chance(t.double())[:, None, None]  # (B, 1, 1)

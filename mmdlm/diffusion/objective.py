@@ -67,7 +67,8 @@ class DiffusionObjective:
 
         For sequence b the K times are stratified, t_k = t_eps + (1 - 2 t_eps)(k + u_b)/K, so every
         sequence sees the whole time range; each draw contributes the ELBO integrand summed over real tokens.
-        The integral runs over [t_eps, 1 - t_eps] as in training (spec §3.6): the omitted ends are O(t_eps).
+        The integral runs over [t_eps, 1 - t_eps] as in training (spec §3.6): the omitted ends are O(t_eps),
+        except where `process.bound_note()` says otherwise (HDLM with gamma < 1: O(t_eps^gamma), not a bound).
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")

@@ -96,10 +96,13 @@ def validation_nll(
         device=device,
     )
     exact = pipe.family == "ar"
+    process = getattr(pipe.objective, "process", None)
+    note = process.bound_note() if hasattr(process, "bound_note") else None
     proto = protocol.model_copy(
         update={
             "estimator": "exact" if exact else "elbo",
             "num_time_samples": None if exact else config.num_time_samples,
+            "notes": [*protocol.notes, note] if note else protocol.notes,
         }
     )
     return NLLResult.from_sums(sums.nll, sums.tokens, sums.sequences, proto)

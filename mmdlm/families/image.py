@@ -122,7 +122,7 @@ class ImageMMDiTFamily(LatentFamily[ImageMMDiTSpec]):
 
                 out, nfe = sample_t2l(
                     image_fn, image, ids, mask, (N, *shape_c), steps=cfg.latent_steps, sampler=cfg.latent_sampler,
-                    eta=cfg.eta, guidance_scale=cfg.guidance_scale, clip_x0=cfg.clip_x0 or 1.0, generator=gen,
+                    eta=cfg.eta, guidance_scale=cfg.guidance_scale, clip_x0=min(cfg.clip_x0 or 1.0, 1.0), generator=gen,
                 )  # fmt: skip
                 pictures = out.clamp(-1, 1)
             else:
@@ -183,7 +183,7 @@ class ImageMMDiTFamily(LatentFamily[ImageMMDiTSpec]):
             tokens, out, nfe = sample_joint(
                 joint_fn, text, image, lengths, seq_len, (N, *shape_c), steps=cfg.text_steps,
                 latent_sampler=cfg.latent_sampler, eta=cfg.eta, temperature=cfg.temperature,
-                clip_x0=cfg.clip_x0 or 1.0, generator=gen,
+                clip_x0=min(cfg.clip_x0 or 1.0, 1.0), generator=gen,
             )  # fmt: skip
             pictures = out.clamp(-1, 1)
         else:

@@ -37,7 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     kinds = load_kinds(settings.kind_modules)
     state = AppState(
         settings=settings,
-        db=Database(settings.database_url, pool_size=settings.db_pool_size, echo=settings.db_echo),
+        db=Database(
+            settings.database_url, pool_size=settings.db_pool_size, echo=settings.db_echo, pre_ping=False
+        ),  # no per-request ping: connections are recycled (services.common.db)
         store=open_store(settings),
         celery=create_celery(settings),
         kinds=kinds,

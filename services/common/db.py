@@ -5,9 +5,10 @@ SQLite runs in WAL mode with a long busy timeout so that the API, the workers an
 the same file concurrently. Every state change in `lifecycle` is a single conditional UPDATE, so the
 pysqlite default of starting a transaction at the first write is enough; no read-then-write races.
 
-Pools: no pre-ping (it cost a second round trip per checkout); connections are recycled after
-`POOL_RECYCLE_S` instead, and a connection found dead fails its request (503 in the gateway) while
-SQLAlchemy invalidates the pool. The gateway caps its threadpool at the pool size, so every thread that
+Pools: the gateway's has no pre-ping (it cost a second round trip per request); its connections are
+recycled after `POOL_RECYCLE_S` instead, and a connection found dead fails its request (503) while
+SQLAlchemy invalidates the pool's older connections. Workers and CLI commands, where a round trip per
+checkout costs nothing that matters, keep the pre-ping on PostgreSQL and ride through a server restart. The gateway caps its threadpool at the pool size, so every thread that
 needs a connection finds one idle and the pool never opens overflow connections (which are closed again on
 return: under 40 threads and a 10+10 pool that was ~1,000 new PostgreSQL connections per 15 s).
 `connections_opened(engine)` counts the pool's 'connect' events (exported as a gateway metric).
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 _LOCK = threading.Lock()
-_ENGINES: dict[tuple[int, str], Engine] = {}
+_ENGINES: dict[tuple[int, str, bool], Engine] = {}
 POOL_RECYCLE_S = 1800
 """Pooled connections older than this are replaced at checkout (no per-checkout ping)."""
 
@@ -55,11 +56,14 @@ def connections_opened(engine: Engine) -> int:
     return 0 if counter is None else counter.count
 
 
-def make_engine(url: str, *, pool_size: int = 10, echo: bool = False, one_shot: bool = False) -> Engine:
+def make_engine(
+    url: str, *, pool_size: int = 10, echo: bool = False, one_shot: bool = False, pre_ping: bool = True
+) -> Engine:
     """A new engine with the pragmas / pool settings this project relies on.
 
     pool_size: connections kept open; as many overflow connections may open on top for a thread that
-    holds two at once (rare), closed again on return. No pre-ping: see the module docstring.
+    holds two at once (rare), closed again on return. pre_ping: test each connection at checkout
+    (server databases only; the gateway turns it off, see the module docstring).
     one_shot: no connection pool (migrations, CLI admin commands), so nothing lingers after dispose.
     """
     parsed = make_url(url)
@@ -69,6 +73,7 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False, one_shot: 
         kwargs["poolclass"] = NullPool
     elif not in_memory:  # (in-memory SQLite keeps SQLAlchemy's one-connection-per-thread pool)
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=POOL_RECYCLE_S)
+        kwargs["pool_pre_ping"] = pre_ping and parsed.get_backend_name() != "sqlite"
     if parsed.get_backend_name() == "sqlite":
         if not in_memory:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -91,32 +96,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def get_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
-    key = (os.getpid(), url)
+def get_engine(url: str, *, pool_size: int = 10, echo: bool = False, pre_ping: bool = True) -> Engine:
+    key = (os.getpid(), url, pre_ping)
     engine = _ENGINES.get(key)
     if engine is None:
         with _LOCK:
             engine = _ENGINES.get(key)
             if engine is None:
-                engine = _ENGINES[key] = make_engine(url, pool_size=pool_size, echo=echo)
+                engine = _ENGINES[key] = make_engine(url, pool_size=pool_size, echo=echo, pre_ping=pre_ping)
     return engine
 
 
 def dispose_inherited() -> None:
     """Forget engines created by a parent process (call right after fork) without closing its sockets."""
     with _LOCK:
-        for (pid, _), engine in list(_ENGINES.items()):
-            if pid != os.getpid():
+        for key, engine in list(_ENGINES.items()):
+            if key[0] != os.getpid():
                 engine.dispose(close=False)
-                _ENGINES.pop((pid, _))
+                _ENGINES.pop(key)
 
 
 class Database:
     """An engine plus a session factory; the one object the API and the workers pass around."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False, pre_ping: bool = True) -> None:
         self.url = url
         self._pool_size = pool_size
+        self._pre_ping = pre_ping
         self._echo = echo
         self._makers: dict[int, sessionmaker[Session]] = {}
         self._readers: dict[int, sessionmaker[Session]] = {}
@@ -124,7 +130,7 @@ class Database:
 
     @property
     def engine(self) -> Engine:
-        return get_engine(self.url, pool_size=self._pool_size, echo=self._echo)
+        return get_engine(self.url, pool_size=self._pool_size, echo=self._echo, pre_ping=self._pre_ping)
 
     @property
     def dialect(self) -> str:

@@ -9,6 +9,7 @@ come up. A URL that can never work (unknown scheme or driver, malformed) fails a
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import Callable
@@ -74,17 +75,17 @@ def database_check(settings: Settings, *, schema: bool) -> Check:
         shown = redact(url)
         _require_driver(url)
         parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite":
-            from services.common.db import make_engine
+        postgres = parsed.get_backend_name() == "postgresql"
+        try:
+            if parsed.get_backend_name() == "sqlite":
+                from services.common.db import make_engine
 
-            engine = make_engine(url, one_shot=True)
-        else:
-            args = (
-                {"connect_timeout": max(1, int(timeout_s))}
-                if parsed.get_backend_name() == "postgresql"
-                else {}
-            )
-            engine = create_engine(url, poolclass=NullPool, connect_args=args)
+                engine = make_engine(url, one_shot=True)  # creates the file's folder: may fail
+            else:
+                args = {"connect_timeout": max(1, int(timeout_s))} if postgres else {}
+                engine = create_engine(url, poolclass=NullPool, connect_args=args)
+        except OSError as exc:
+            raise PreflightError(f"database {shown} not usable: {oneline(exc)} (check MMDLM_HOME)") from None
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -184,16 +185,27 @@ def worker_checks(settings: Settings, *, schema: bool = True) -> list[Check]:
     """What a worker needs before it can run anything: the broker, the (migrated) database, the store.
 
     The HTTP servers (`serve`, `serve-sampler`) stay up while a dependency is down (they answer 503
-    and /readyz names it): only URLs that can never work stop them (`check_urls`)."""
+    and /readyz names it): only settings that can never work stop them (`check_config`)."""
     return [broker_check(settings), database_check(settings, schema=schema), store_check(settings)]
 
 
-def check_urls(settings: Settings, *, broker: bool) -> None:
+def check_config(settings: Settings, *, broker: bool) -> None:
     """Only what can never work, with no connection: an unknown database driver or broker scheme, a
-    malformed URL. For the HTTP servers, which must start while a dependency is merely down."""
+    malformed URL, a job-kind module that does not exist. Also for the HTTP servers, which must start
+    while a dependency is merely down."""
     _require_driver(settings.database_url)
     if broker:
         _require_transport(settings.broker_url)
+    for name in settings.kind_modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a missing parent package
+            found = False
+        if not found:
+            raise _Permanent(
+                f"MMDLM_KIND_MODULES: no module named {name!r} on this machine "
+                "(comma-separated importable modules that register job kinds)"
+            )
 
 
 def _require_driver(url: str) -> None:

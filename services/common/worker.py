@@ -187,7 +187,7 @@ def run_worker(
     if unknown:
         raise ValueError(f"unknown queues {unknown}; choose from {list(QUEUES)}")
     # Fail at start, in one line (PreflightError), rather than in Celery's connection retries later.
-    preflight.check_urls(settings, broker=True)
+    preflight.check_config(settings, broker=True)
     if settings.startup_checks:
         preflight.require(
             settings, preflight.worker_checks(settings, schema=not settings.should_auto_migrate)

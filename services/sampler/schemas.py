@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmdlm.config.base import INT32_MAX, StrictModel
 from mmdlm.config.latent import EncoderConfig
 
 Mode = Literal["unconditional", "prefix", "infill", "l2t", "t2l", "joint"]
 MAX_SEED = 2**63 - 1
+EXAMPLE_MODEL = "0f8e5c1d2b3a4e6f8a9b0c1d2e3f4a5b"
 MAX_STEPS = 1_000_000
 """Schema bound of any step count (the service's own limit, MMDLM_SAMPLER_MAX_STEPS, is lower)."""
 MAX_LIST = 65_536
@@ -78,6 +79,11 @@ class GenerateRequest(SamplingParams):
     family's own default (`joint` for mmdit, `l2t` unconditional for latent-dit / cross-dit).
     """
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": EXAMPLE_MODEL, "prompt": "The castle", "num_samples": 2, "steps": 64, "seed": 7},
+        {"model": EXAMPLE_MODEL, "infill": ["The castle", 6, "was built in", 3, "."], "sampler": "cached"},
+    ]})  # fmt: skip
+
     model: str = Field(min_length=1, max_length=64)
     """Id of a `model` artifact (see GET /v1/models)."""
     mode: Mode | None = None
@@ -127,6 +133,13 @@ class SamplePublic(BaseModel):
 
 
 class GenerateResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "gen-5f1c", "object": "generation", "created": 1767261600, "model": EXAMPLE_MODEL, "family": "mdlm",
+        "mode": "prefix", "samples": [{"index": 0, "text": "The castle was built in 1200.", "token_ids": [1, 412, 77]}],
+        "seed": 7, "seq_len": 32, "steps": 64, "nfe": 64, "tokens": 28, "tokens_per_s": 950.0, "elapsed_s": 0.03,
+        "queue_s": 0.004, "batch_requests": 1, "batch_rows": 2, "settings": {"steps": 64, "sampler": "ancestral"},
+    }]})  # fmt: skip
+
     id: str
     object: Literal["generation"] = "generation"
     created: int
@@ -153,6 +166,11 @@ class GenerateResponse(BaseModel):
 class CompletionRequest(SamplingParams):
     """`POST /v1/completions` in the OpenAI shape; the diffusion settings (steps, sampler, min_p, float64,
     precision, ...) are extra fields. `suffix` makes a diffusion model infill between prompt and suffix."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": EXAMPLE_MODEL, "prompt": "Once upon a time", "max_tokens": 16, "n": 2, "steps": 32},
+        {"model": EXAMPLE_MODEL, "prompt": "The king", "suffix": "in the end.", "max_tokens": 8, "stream": True},
+    ]})  # fmt: skip
 
     model: str = Field(min_length=1, max_length=64)
     prompt: (
@@ -227,6 +245,13 @@ class Usage(BaseModel):
 
 
 class CompletionResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "cmpl-5f1c", "object": "text_completion", "created": 1767261600, "model": EXAMPLE_MODEL,
+        "choices": [{"text": " there was a king", "index": 0, "logprobs": None, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 16, "total_tokens": 20},
+        "diffusion": {"steps": 32, "nfe": 32, "seed": 7},
+    }]})  # fmt: skip
+
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -246,6 +271,10 @@ class EmbedRequest(StrictModel):
     """`POST /v1/embed`: sentence embeddings of a small batch (limits: MMDLM_SAMPLER_EMBED_MAX_BATCH texts,
     MMDLM_SAMPLER_EMBED_MAX_CHARS characters each)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"texts": ["a castle on a hill"], "encoder": "minilm"}]}
+    )
+
     texts: list[str] = Field(min_length=1, max_length=MAX_LIST)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     """A recipe name (`"minilm"`) or an EncoderConfig; the device is the sampler's."""
@@ -264,6 +293,10 @@ class Embedding(BaseModel):
 
 
 class EmbedResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.01, -0.2, 0.05]}],
+        "encoder": {"name": "minilm"}, "dim": 384, "elapsed_s": 0.01}]})  # fmt: skip
+
     object: Literal["list"] = "list"
     data: list[Embedding]
     encoder: dict[str, Any]

@@ -193,11 +193,13 @@ def node_pod(
     container["volumeMounts"] = [
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "data", "mountPath": str(Path(NODE_DIR).parent)},
-        {"name": "cache", "mountPath": "/cache"},
+        # its own volume name for a PVC: a TrainJob's patch merges volumes by name, and merging a PVC into
+        # the runtime's `cache` emptyDir would make one volume with two sources (mounts merge by path)
+        {"name": "cache-pvc" if settings.k8s_cache_pvc else "cache", "mountPath": "/cache"},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     cache: dict[str, Any] = (
-        {"name": "cache", "persistentVolumeClaim": {"claimName": settings.k8s_cache_pvc}}
+        {"name": "cache-pvc", "persistentVolumeClaim": {"claimName": settings.k8s_cache_pvc}}
         if settings.k8s_cache_pvc
         else {"name": "cache", "emptyDir": {"sizeLimit": "50Gi"}}
     )

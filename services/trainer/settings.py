@@ -42,7 +42,10 @@ class TrainerSettings(BaseSettings):
     k8s_env_from_secret: str = Field(
         default="", description="Secret whose MMDLM_S3_ACCESS_KEY/SECRET_KEY (only those) the pods get"
     )
-    k8s_config_map: str = Field(default="mmdlm-config", description="ConfigMap the pods read (envFrom)")
+    k8s_config_map: str = Field(
+        default="mmdlm-config",
+        description="ConfigMap the pods read (envFrom; a TrainJob's comes from its runtime: re-render it)",
+    )
     k8s_gpu_resource: str = "nvidia.com/gpu"
     k8s_node_selector: str = Field(
         default="nvidia.com/gpu.present=true",

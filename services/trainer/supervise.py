@@ -206,8 +206,9 @@ class Torchrun:
         return pids
 
     def stop(self, grace_s: float) -> None:
-        """SIGTERM the launcher's group (torchrun forwards it to every rank), SIGKILL what is left after
-        `grace_s`. Returns at once; a timer thread does the SIGKILL."""
+        """SIGTERM the launcher's group (torchrun forwards it to every rank, which checkpoints at the next
+        step boundary and exits), SIGKILL what is left after `grace_s` (torchrun itself kills its ranks
+        after its --shutdown-timeout, 30 s by default). Returns at once; a timer thread does the SIGKILL."""
         with self._lock:
             if self.stopping.is_set() or self.proc is None:
                 return

@@ -40,6 +40,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     workdir = Path(tmp_path_factory.mktemp("dk"))
     try:
         with docker_engine(workdir) as started:
+            REPORT["storage_driver"] = started.storage_driver or "(reused engine)"
             yield started
     except EngineUnavailable as exc:
         need(False, str(exc))
@@ -104,15 +105,16 @@ def _build(engine: Engine, dockerfile: str, tag: str, base: str, index: str) -> 
 @pytest.fixture(scope="session")
 def images(engine: Engine, base_image: str, wheel_index: str) -> Iterator[dict[str, str]]:
     """{"cpu": tag, "api": tag}, removed (with the dangling builder layers) at the end of the session."""
-    run_id = secrets.token_hex(4)
+    run_id = "kept" if os.environ.get("MMDLM_TEST_KEEP_IMAGES") else secrets.token_hex(4)
     tags = {"cpu": f"mmdlm-test:cpu-{run_id}", "api": f"mmdlm-test:api-{run_id}"}
     try:
         _build(engine, "docker/Dockerfile.api", tags["api"], base_image, wheel_index)
         _build(engine, "docker/Dockerfile.cpu", tags["cpu"], base_image, wheel_index)
         yield tags
     finally:
-        engine.run("rmi", "--force", *tags.values(), check=False)
-        engine.run("image", "prune", "--force", check=False)
+        if not os.environ.get("MMDLM_TEST_KEEP_IMAGES"):  # keep: a reused engine's build cache survives
+            engine.run("rmi", "--force", *tags.values(), check=False)
+            engine.run("image", "prune", "--force", check=False)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

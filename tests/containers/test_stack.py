@@ -145,8 +145,10 @@ def test_every_role_runs_hardened_and_serves_the_jobs(
             return job
 
         jobs_started = time.monotonic()
-        data = run_job({"kind": "prepare-data", "source": "bundled", "max_documents": 300, "seq_len": 32,
-                        "packing": "pad", "tokenizer": {"type": "bpe", "vocab_size": 512}}, 300)  # fmt: skip
+        # the demo's smoke-scale recipe: 600 bundled documents, BPE 2048, 32-token rows
+        data_spec = {"kind": "prepare-data", "source": "bundled", "max_documents": 600, "seq_len": 32,
+                     "packing": "pad", "tokenizer": {"type": "bpe", "vocab_size": 2048}}  # fmt: skip
+        data = run_job(data_spec, 300)
         dataset = data["artifacts"][0]
         model_spec = {"family": "mdlm", "model": "cpu-nano"}
         train = run_job({"kind": "train", "dataset": dataset, "model": model_spec, "steps": 4,

@@ -247,7 +247,9 @@ def test_secrets_reach_containers_as_files_not_environment(tmp_path: Path) -> No
                 assert env_name.removesuffix("_FILE") not in service["environment"], name
     services = cfg["services"]
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres-password"
-    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD_FILE"] == "/run/secrets/minio-root-password"
+    minio = services["minio"]
+    assert minio["environment"]["MINIO_ROOT_PASSWORD_FILE"] == "minio-root-password"  # under /run/secrets
+    assert {s["source"] for s in minio["secrets"]} == {"minio-root-user", "minio-root-password"}
     # the database URL secret is built from the password in .env (compose interpolates .env itself)
     example = ENV_EXAMPLE.read_text()
     assert "DATABASE_URL=postgresql+psycopg://${POSTGRES_USER}:${POSTGRES_PASSWORD}@postgres:5432/" in example

@@ -126,7 +126,13 @@ async def embed(body: EmbedRequest, request: Request, _: CurrentUser, state: Sta
     return await proxy(request, state, "/v1/embed")
 
 
-@router.get("/v1/sampler/models")
+@router.get(
+    "/v1/sampler/models",
+    responses={200: {"content": {"application/json": {"example": {
+        "data": [{"id": "0f8e5c1d2b3a4e6f8a9b0c1d2e3f4a5b", "family": "mdlm", "bytes": 1048576}],
+        "cache": {"bytes": 1048576, "capacity": 4294967296, "models": 1},
+        "batching": {"enabled": True, "window_ms": 5.0, "max_rows": 64, "batches": 10, "requests": 12}}}}}},
+)  # fmt: skip
 async def sampler_models(request: Request, _: CurrentUser, state: StateDep) -> Response:
     """Your models loaded in the sampler's memory, and its cache and batching state."""
     return await proxy(request, state, "/v1/sampler/models")

@@ -29,7 +29,7 @@ READY_SCHEMA = {
     "type": "object",
     "required": ["status", "checks"],
     "properties": {"status": {"enum": ["ok", "unavailable"]}, "checks": {"type": "object"}},
-    "example": {"status": "ok", "checks": {"database": {"ok": True, "ms": 0.4}, "broker": {"ok": True, "ms": 1.1}}},
+    "examples": [{"status": "ok", "checks": {"database": {"ok": True, "ms": 0.4}, "broker": {"ok": True, "ms": 1.1}}}],
 }  # fmt: skip
 
 SCHEMA_CACHE_S = 10.0
@@ -50,7 +50,7 @@ _schema_cache: dict[str, _SchemaAnswer] = {}
 _schema_lock = threading.Lock()
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -46,7 +46,19 @@ class EvaluationPublic(BaseModel):
         )  # fmt: skip
 
 
+_MODEL_EXAMPLE: dict[str, Any] = {
+    "id": "0f8e5c1d2b3a4e6f8a9b0c1d2e3f4a5b", "object": "model", "created": 1767261600, "owned_by": "alice",
+    "family": "mdlm", "job_id": "3b8f0c2a9d1e4f5a8b7c6d5e4f3a2b1c", "trained": {"family": "mdlm", "step": 200},
+    "evaluations": 1, "latest_evaluation": {
+        "id": "7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f", "job_id": "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d",
+        "created_at": "2026-01-01T11:00:00Z", "dataset": "5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f",
+        "summary": {"val_ppl": 41.2, "gen_ppl": 88.0}, "protocols": {"nll": {"split": "validation"}}},
+}  # fmt: skip
+
+
 class ModelPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_MODEL_EXAMPLE]})
+
     id: str
     object: Literal["model"] = "model"
     created: int
@@ -62,6 +74,10 @@ class ModelPublic(BaseModel):
 
 
 class ModelsPublic(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"object": "list", "data": [_MODEL_EXAMPLE], "count": 1}]}
+    )
+
     object: Literal["list"] = "list"
     data: list[ModelPublic]
     count: int
@@ -78,6 +94,13 @@ class CompareRow(BaseModel):
 
 
 class CompareTable(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "columns": ["val_ppl"], "comparable": True,
+        "rows": [{"model": _MODEL_EXAMPLE["id"], "family": "mdlm", "evaluation": "7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f",
+                  "values": {"val_ppl": 41.2}, "not_comparable": {}}],
+        "groups": {"nll": {"comparable": True, "protocol": {"split": "validation"}}},
+    }]})  # fmt: skip
+
     columns: list[str]
     rows: list[CompareRow]
     groups: dict[str, dict[str, Any]] = Field(

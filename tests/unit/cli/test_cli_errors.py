@@ -28,11 +28,11 @@ def run_mmdlm(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Com
     )
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
-    """Exit 1, nothing but one `error: ...` line on stderr holding every word, no traceback anywhere."""
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str, code: int = 1) -> str:
+    """Exit `code`, nothing but one `error: ...` line on stderr holding every word, no traceback anywhere."""
     both = result.stdout + result.stderr
     assert "Traceback" not in both, both
-    assert result.returncode == 1, both
+    assert result.returncode == code, both
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), both
     for word in words:
@@ -78,6 +78,13 @@ def test_submit_of_a_missing_file_and_bad_overrides(tmp_path: Path) -> None:
     }
     for override, words in cases.items():
         assert_one_line_error(run_mmdlm(["submit", "job.yaml", "--set", override], CLIENT, tmp_path), *words)
+
+
+def test_ml_commands_report_bad_yaml_in_one_line(tmp_path: Path) -> None:
+    """The ML commands exit 2 (bad input) with the same one-line description."""
+    (tmp_path / "train.yaml").write_text("steps: [1\n")
+    result = run_mmdlm(["train", "train.yaml"], {}, tmp_path)
+    assert_one_line_error(result, "config is not valid YAML", "line 2, column 1", "expected ','", code=2)
 
 
 @pytest.fixture

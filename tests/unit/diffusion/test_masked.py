@@ -79,6 +79,22 @@ def test_elbo_expectation_is_scaled_nll(process: MaskedProcess) -> None:
         assert math.isclose(p_mask * masked, 0.9999 * nll, rel_tol=1e-6)
 
 
+@pytest.mark.parametrize("t", [1e-6, 1e-5, 5e-4, 2e-3])
+def test_elbo_expectation_below_eps_matches_schedule(vocab, t: float) -> None:
+    """Issue 13.3: with t_eps < eps (here eps = 1e-3 as upstream MDLM, t_eps = 1e-6), the weight must follow the
+    mask probability (1 - eps) t at every t: E_z[elbo] = (1 - eps) CE. A weight clamped at 1/max(t, eps) gives
+    (1 - eps)(t / eps) CE below eps."""
+    proc = MaskedProcess(VocabLayout.from_vocab(vocab), MDLMProcessConfig(eps=1e-3, t_eps=1e-6))
+    torch.manual_seed(11)
+    logits = torch.randn(1, 1, 128)
+    logp = torch.log_softmax(logits.masked_fill(~proc.text_mask(torch.device("cpu")), float("-inf")), -1)
+    nll = -logp[0, 0, 7].item()
+    tt = torch.tensor([t])
+    masked = proc.loss(logits, torch.tensor([[7]]), torch.tensor([[39]]), tt).elbo.item()
+    p_mask = proc.move_chance(tt.double()).item()
+    assert math.isclose(p_mask * masked, (1 - 1e-3) * nll, rel_tol=1e-5)
+
+
 def test_bug15_reverse_step_emits_text_only_and_keeps_tokens(process: MaskedProcess) -> None:
     g = torch.Generator().manual_seed(0)
     logits = torch.zeros(64, 16, 128)

@@ -12,7 +12,7 @@ from mmdlm.diffusion.base import VocabLayout
 from mmdlm.diffusion.gaussian import GaussianDiffusion
 from mmdlm.diffusion.masked import MaskedProcess
 from mmdlm.families import get_family
-from mmdlm.sampling.latent import _reveal_topk, sample_joint, sample_l2t, sample_t2l
+from mmdlm.sampling.latent import _guided_text, _reveal_topk, sample_joint, sample_l2t, sample_t2l
 
 from .conftest import VOCAB, D, L, dit_config, make_batch, mmdit_spec
 
@@ -195,3 +195,79 @@ def test_lengths_follow_the_training_histogram() -> None:
     built.model.length_counts[5] = 1.0
     out = get_family("mmdit").generate(built, LatentSampleConfig(mode="joint", num_samples=4, text_steps=2))
     assert (out.tokens[:, 5:] == VOCAB.pad_id).all() and not (out.tokens[:, :5] == VOCAB.pad_id).any()
+
+
+def test_t2l_latents_stay_in_the_data_range_by_default() -> None:
+    """Issue 13.1: a barely trained epsilon-MMDiT (cosine, abar_999 ~ 2.4e-10) amplifies the error of its noise
+    estimate by 1/sqrt(abar) at the first DDIM step. The default clip keeps t2l latents within 5 standard
+    deviations of the normalised data; unclipped they explode. The protocol records the clip."""
+    built = _trained_like("mmdit")
+    fam = get_family("mmdit")
+    batch = make_batch(4)
+    kwargs = {"text_ids": batch["input_ids"], "text_mask": batch["attention_mask"]}
+    cfg = LatentSampleConfig(mode="t2l", latent_steps=10)
+    assert cfg.clip_x0 == 5.0
+    out = fam.generate(built, cfg, **kwargs)
+    normed = built.model.latent_norm.normalize(out.latents)
+    assert normed.abs().max() <= 5.0 + 1e-4 and bool(torch.isfinite(normed).all())
+    assert out.protocol["sample"]["clip_x0"] == 5.0
+    unclipped = fam.generate(built, cfg.model_copy(update={"clip_x0": None}), **kwargs)
+    assert built.model.latent_norm.normalize(unclipped.latents).abs().max() > 100.0
+
+
+def test_l2t_guided_log_probs_are_the_cfg_combination() -> None:
+    """Issue 13.5: the guided scores are exactly lu + w (lc - lu) of the log-softmaxed branches."""
+    g = torch.Generator().manual_seed(3)
+    cond_logits = torch.randn(2, L, PROCESS.layout.rows, generator=g)
+    uncond_logits = torch.randn(2, L, PROCESS.layout.rows, generator=g)
+
+    def fn(zt, t, mask, latent, drop):
+        return torch.where(drop[:, None, None], uncond_logits.repeat(2, 1, 1), cond_logits.repeat(2, 1, 1))
+
+    zt = torch.full((2, L), VOCAB.mask_id)
+    mask = torch.ones(2, L, dtype=torch.bool)
+    w = 2.5
+    guided = _guided_text(fn, zt, torch.full((2,), 0.5), mask, torch.randn(2, D), w)
+    lc, lu = torch.log_softmax(cond_logits, -1), torch.log_softmax(uncond_logits, -1)
+    torch.testing.assert_close(guided, lu + w * (lc - lu))
+
+
+def test_the_condition_changes_l2t_t2l_and_joint_outputs() -> None:
+    """Issue 13.5: same seed, different condition -> different output (the condition reaches the sampler)."""
+    built = _trained_like("mmdit")
+    fam = get_family("mmdit")
+    with torch.no_grad():  # make the latent pathway matter enough to flip tokens
+        for name, p in built.model.named_parameters():
+            if "latent" in name:
+                p.mul_(20.0)
+    a, b = make_batch(6, seed=1), make_batch(6, seed=2)
+    l2t = LatentSampleConfig(mode="l2t", text_steps=4, seed=5)
+    assert not torch.equal(
+        fam.generate(built, l2t, latents=a["latent"]).tokens, fam.generate(built, l2t, latents=b["latent"]).tokens
+    )
+    t2l = LatentSampleConfig(mode="t2l", latent_steps=4, seed=5)
+    za = fam.generate(built, t2l, text_ids=a["input_ids"], text_mask=a["attention_mask"]).latents
+    zb = fam.generate(built, t2l, text_ids=b["input_ids"], text_mask=b["attention_mask"]).latents
+    assert (za - zb).abs().max() > 1e-3
+    # joint: each stream is the other's condition at every step; a latent branch that reads the text must
+    # give other latents when the text branch prefers another token (same seed, same latent noise)
+    gaussian = GaussianDiffusion(GaussianConfig(parameterization="x0"))
+
+    def joint_fn(token: int):
+        def fn(zt, t, mask, z, t_lat):
+            logits = torch.zeros(*zt.shape, PROCESS.layout.rows)
+            logits[..., token] = 30.0
+            return logits, (zt == 5).float().mean(-1)[:, None, None].expand_as(z).clone()
+
+        return fn
+
+    out = {
+        tok: sample_joint(
+            joint_fn(tok), PROCESS, gaussian, torch.tensor([L, L]), L, (2, 1, D), steps=4,
+            generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+        for tok in (5, 6)
+    }
+    assert (out[5][0] == 5).all() and (out[6][0] == 6).all()
+    # x0_hat of the last call = fraction of 5s in the text revealed so far (> 0 only if the text is read)
+    assert out[5][1].min() > 0.5 and out[6][1].abs().max() == 0
