@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 ATTEMPT_TIMEOUT_S = 5.0
 """The most one connection attempt may take (a black-holed host), whatever is left of the wait."""
 RETRY_S = 0.5
+_DB_REFUSALS = ("does not exist", "password authentication failed", "no pg_hba.conf entry")
 
 
 class PreflightError(Exception):
@@ -97,8 +98,12 @@ def database_check(settings: Settings, *, schema: bool) -> Check:
         except PreflightError:
             raise
         except Exception as exc:
+            reason = oneline(exc)
+            # the server answered, and no wait changes its answer (a database starting up is retried)
+            if any(m in reason for m in _DB_REFUSALS):
+                raise _Permanent(f"database {shown} refused: {reason} (check MMDLM_DATABASE_URL)") from None
             raise PreflightError(
-                f"database {shown} unreachable: {oneline(exc)} (check MMDLM_DATABASE_URL)"
+                f"database {shown} unreachable: {reason} (check MMDLM_DATABASE_URL)"
             ) from None
         finally:
             engine.dispose()

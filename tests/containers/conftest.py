@@ -105,6 +105,10 @@ def _build(engine: Engine, dockerfile: str, tag: str, base: str, index: str) -> 
 @pytest.fixture(scope="session")
 def images(engine: Engine, base_image: str, wheel_index: str) -> Iterator[dict[str, str]]:
     """{"cpu": tag, "api": tag}, removed (with the dangling builder layers) at the end of the session."""
+    prebuilt = os.environ.get("MMDLM_TEST_IMAGES")  # "cpu=TAG,api=TAG": iterate on the runs, skip the builds
+    if prebuilt:
+        yield dict(item.split("=", 1) for item in prebuilt.split(","))  # type: ignore[misc]
+        return
     run_id = "kept" if os.environ.get("MMDLM_TEST_KEEP_IMAGES") else secrets.token_hex(4)
     tags = {"cpu": f"mmdlm-test:cpu-{run_id}", "api": f"mmdlm-test:api-{run_id}"}
     try:

@@ -101,7 +101,14 @@ def test_processes_refuse_to_start_on_unusable_services(
              ["MMDLM_DATABASE_URL 'nosuchdb://x' is not usable"]),
             (["migrate"], {"MMDLM_DATABASE_URL": pg_closed},
              ["migration failed", "unreachable", "Connection refused"]),
+            (["serve", "--port", str(free_port())], {"MMDLM_KIND_MODULES": "nope.kinds"},
+             ["MMDLM_KIND_MODULES", "no module named 'nope.kinds'"]),
         ]  # fmt: skip
+        if not _has_cuda():
+            cases.append(
+                (["serve-sampler", "--port", str(free_port())], {"MMDLM_SAMPLER_DEVICE": "cuda"},
+                 ["sampler not started", "MMDLM_SAMPLER_DEVICE=cuda but CUDA is not available"])
+            )  # fmt: skip
         # all at once: each is a fresh interpreter, and they wait on nothing but their own check
         procs = []
         for i, (args, env, _) in enumerate(cases):
@@ -111,6 +118,12 @@ def test_processes_refuse_to_start_on_unusable_services(
         for proc, (args, _env, words) in zip(procs, cases, strict=True):
             line = assert_failed_in_one_line(*finish(proc), *words)
             assert "secret" not in line, (args, line)  # a password in a URL is never printed
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 # --- a running API: client commands, request fields, token revocation ------------------------------------

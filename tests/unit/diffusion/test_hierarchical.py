@@ -319,6 +319,33 @@ def test_elbo_integrates_to_nll_for_any_clustering(gamma: float) -> None:
     assert math.isclose(total, nll, rel_tol=2e-5)
 
 
+@pytest.mark.parametrize("gamma", [0.5, 1.0])
+def test_truncated_bound_below_one_gamma_is_flagged(gamma: float) -> None:
+    """Issue 13.4: `nll_bound` integrates E_z[elbo] over [t_eps, 1 - t_eps]. A fine quadrature of that range
+    against the exact integral (-log x̂_x for a fixed denoiser) shows the truncation costs < 0.2% at gamma = 1
+    but > 1% at gamma = 0.5 (it scales as t_eps^gamma), so only gamma < 1 carries the protocol note."""
+    torch.manual_seed(5)
+    proc = hdlm(gamma=gamma, loss_weighting="elbo")
+    logits = torch.randn(1, 1, proc.layout.rows)
+    nll = -log_x_hat(proc, logits)[0, 0, 7].item()
+    eps = proc.t_eps
+    # t = 1 - u^2: the (1-t)^(gamma-1) and log(1-t) singularities become bounded in u
+    truncated, _ = integrate.quad(
+        lambda u: 2 * u * _expected_elbo(proc, logits, 7, 1 - u * u),
+        math.sqrt(eps), math.sqrt(1 - eps), epsabs=1e-6, epsrel=1e-6, limit=200,
+    )  # fmt: skip
+    gap = (nll - truncated) / nll
+    print(f"gamma={gamma} gap={gap:.5f}")
+    assert gap > 0
+    if gamma < 1:
+        assert gap > 0.01
+        note = proc.bound_note()
+        assert note is not None and "NOT an upper bound" in note
+    else:
+        assert gap < 2e-3
+        assert proc.bound_note() is None
+
+
 def test_auxiliary_head_loss() -> None:
     proc = hdlm(auxiliary_loss_weight=0.5)
     assert proc.uses_cluster_logits
