@@ -191,13 +191,12 @@ def worker(
     hostname: Annotated[str | None, typer.Option(help="Celery node name")] = None,
 ) -> None:
     """Run a worker that claims and runs jobs of the given queues (and sweeps lost jobs)."""
+    from services.common.preflight import PreflightError
     from services.common.worker import run_worker
 
     settings = _settings()
     _logging(settings.log_level)
     names = [q.strip() for q in queues.split(",") if q.strip()]
-    from services.common.preflight import PreflightError
-
     try:
         run_worker(
             settings,

@@ -53,13 +53,19 @@ _PID_IN_NODE = re.compile(r"^mmdlm-(\d+)@")
 
 def worker_pid(node: str | None, pid: int | None) -> int:
     """The worker's main process: `--pid`, else the pid the entrypoint put in its default node name
-    (`mmdlm-<pid>@host`: the shell that exec'd into the worker), else the `mmdlm worker` process whose
-    parent is not one (the prefork children's parent is), else 1."""
+    (`mmdlm-<pid>@host`: the shell that exec'd into the worker), else the first `mmdlm worker` main
+    process (in a container, the only one), else 1."""
     if pid is not None:
         return pid
     match = _PID_IN_NODE.match(node or "")
     if match:
         return int(match.group(1))
+    mains = worker_main_pids()
+    return mains[0] if mains else 1
+
+
+def worker_main_pids() -> list[int]:
+    """Pids of `mmdlm worker` processes whose parent is not one (prefork children's parent is)."""
     workers: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -71,8 +77,7 @@ def worker_pid(node: str | None, pid: int | None) -> int:
             continue
         if any(a.endswith(b"mmdlm") for a in argv[:2]) and b"worker" in argv:
             workers[int(entry.name)] = parent
-    mains = sorted(p for p, parent in workers.items() if parent not in workers)
-    return mains[0] if mains else 1
+    return sorted(p for p, parent in workers.items() if parent not in workers)
 
 
 def probe_worker_alive(pid: int) -> tuple[bool, str]:

@@ -93,11 +93,14 @@ def test_liveness_survives_a_broker_outage(redis_server: PrivateRedis, tmp_path:
         ready = _wait([], env, tmp_path, 0, timeout_s=90)
         assert "pong" in ready, ready
         assert "running" in _wait(["--live"], env, tmp_path, 0, timeout_s=5)
-        # a node name without the pid (WORKER_NODE_NAME): the main `mmdlm worker` process is found
-        # (here: this machine's first; in a container: the only one), never a prefork child or tini
-        found = healthcheck.worker_pid("custom@host", None)
-        assert healthcheck.probe_worker_alive(found)[0]
-        assert healthcheck.worker_pid("custom@host", None) == found
+        # a node name without the pid (WORKER_NODE_NAME): the main `mmdlm worker` processes are found
+        # by their command line (in a container there is one), never a prefork child or the shell
+        mains = healthcheck.worker_main_pids()
+        assert worker.pid in mains, mains
+        children = [
+            int(p) for p in Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+        ]
+        assert children and not set(children) & set(mains), "prefork children are not main processes"
 
         redis_server.stop()  # the outage
         unready = _wait([], env, tmp_path, 1, timeout_s=30)

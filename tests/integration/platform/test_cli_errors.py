@@ -101,6 +101,8 @@ def test_processes_refuse_to_start_on_unusable_services(
              ["MMDLM_DATABASE_URL 'nosuchdb://x' is not usable"]),
             (["migrate"], {"MMDLM_DATABASE_URL": pg_closed},
              ["migration failed", "unreachable", "Connection refused"]),
+            (["migrate"], {"MMDLM_DATABASE_URL": unmigrated.rsplit("/", 1)[0] + "/mmdlm_absent_db"},
+             ["migration failed", "refused", 'database "mmdlm_absent_db" does not exist']),
             (["serve", "--port", str(free_port())], {"MMDLM_KIND_MODULES": "nope.kinds"},
              ["MMDLM_KIND_MODULES", "no module named 'nope.kinds'"]),
         ]  # fmt: skip

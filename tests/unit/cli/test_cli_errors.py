@@ -138,3 +138,15 @@ def test_messages_with_brackets_are_printed_whole(tmp_path: Path) -> None:
     """`[...]` in a message is text, not console markup (it used to vanish)."""
     result = run_mmdlm(["worker", "--queues", "encode,gpu"], {}, tmp_path)
     assert_one_line_error(result, "unknown queues ['gpu']", "['encode', 'train', 'sample']")
+
+
+def test_admin_commands_on_an_unreachable_database(tmp_path: Path) -> None:
+    """Commands without a start-up check (`token`, `sweep`) meet the outage mid-command: one line too."""
+    env = {"MMDLM_DATABASE_URL": f"postgresql+psycopg://postgres:hunter2@127.0.0.1:{free_port()}/mmdlm"}
+    for args, words in (
+        (["token", "create", "--user", "alice"], ["cannot create the token", "Connection refused"]),
+        (["token", "revoke", "--user", "alice"], ["cannot revoke", "Connection refused"]),
+        (["sweep"], ["OperationalError", "Connection refused"]),
+    ):
+        line = assert_one_line_error(run_mmdlm(args, env, tmp_path), *words)
+        assert "hunter2" not in line
