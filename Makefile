@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install dev demo test test-fast lint bench clean
+.PHONY: install dev demo test test-fast test-containers lint bench clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,11 @@ test: dev
 
 test-fast: dev
 	$(VENV)/bin/pytest tests -m "not slow"
+
+# The images built from Debian packages and run as every role (root: installs docker.io, starts dockerd);
+# part of `make test` too.
+test-containers: dev
+	$(VENV)/bin/pytest tests/containers -m containers
 
 lint: dev
 	$(VENV)/bin/ruff check .

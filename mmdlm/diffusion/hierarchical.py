@@ -298,7 +298,7 @@ class HierarchicalProcess(DiscreteProcess):
             in_cluster = segment[None, :] == (source - V).clamp(0, C - 1)[:, None]
             k_values = torch.tensor([self.off, self.xi], dtype=x_hat.dtype, device=x_hat.device)
             k = k_values[in_cluster.long()]  # K(z_t | v), (n, V_r)
-            weights = x_hat.clone()
+            weights = torch.where(from_cluster, x_hat * k, x_hat)
             empty = weights.sum(-1) <= 0
             if bool(empty.any()):
                 # top-p / min-p / greedy removed every token of the committed cluster: fall back to the

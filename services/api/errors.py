@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.errors import FieldError
 from services.common.store import StoreError, StoreUnavailableError
@@ -125,33 +125,74 @@ def db_unavailable(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-class RejectNul:
-    """Pure ASGI middleware: a NUL in the path or a query value is a 422 naming the parameter, before
-    routing reaches a handler or the database (PostgreSQL refuses NUL in text). A string check per
-    request; the slow path (which parameter?) runs only on a hit."""
+class _TooLarge(Exception):
+    """A request body went past the limit while it was being read."""
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class RejectNul:
+    """Pure ASGI middleware at the edge: a NUL in the path or a query value is a 422 naming the
+    parameter, before routing reaches a handler or the database (PostgreSQL refuses NUL in text); a
+    request body past `max_body_bytes` (declared, or counted while read) is a 413 in the one error shape.
+    A string check per request; the slow path (which parameter?) runs only on a hit."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int | None = None) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            field = None
-            if "\x00" in scope["path"]:
-                field = self._path_field(scope)
-            elif b"%00" in scope.get("query_string", b""):
-                query = scope["query_string"].decode("latin-1")
-                names = [k for k, v in parse_qsl(query, keep_blank_values=True) if "\x00" in k + v]
-                field = f"query.{names[0]}" if names else "query"
-            if field is not None:
-                message = "must not contain NUL characters (\\u0000)"
-                body = error_body(
-                    f"{field}: {message}", [{"field": field, "message": message, "type": "string_nul"}]
-                )
-                await JSONResponse(body, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)(
-                    scope, receive, send
-                )
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        field = None
+        if "\x00" in scope["path"]:
+            field = self._path_field(scope)
+        elif b"%00" in scope.get("query_string", b""):
+            query = scope["query_string"].decode("latin-1")
+            names = [k for k, v in parse_qsl(query, keep_blank_values=True) if "\x00" in k + v]
+            field = f"query.{names[0]}" if names else "query"
+        if field is not None:
+            message = "must not contain NUL characters (\\u0000)"
+            body = error_body(
+                f"{field}: {message}", [{"field": field, "message": message, "type": "string_nul"}]
+            )
+            await JSONResponse(body, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        if limit is None or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._too_large(scope, receive, send, limit)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge(f"request body larger than {limit} bytes (MMDLM_MAX_BODY_BYTES)")
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _TooLarge:
+            if started:
+                raise
+            await self._too_large(scope, receive, send, limit)
+
+    @staticmethod
+    async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        message = f"request body larger than {limit} bytes (MMDLM_MAX_BODY_BYTES)"
+        body = error_body(f"body: {message}", [{"field": "body", "message": message, "type": "too_large"}])
+        await JSONResponse(body, status_code=status.HTTP_413_CONTENT_TOO_LARGE)(scope, receive, send)
 
     def _path_field(self, scope: Scope) -> str:
         """The path parameter holding the NUL, found by matching the path against the route templates."""
@@ -264,21 +305,27 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(FieldError, on_field_error)
     app.add_exception_handler(StoreError, on_store_error)
-    install_common(app)
+    install_common(app, app.state.mmdlm.settings.max_body_bytes)
     for exc_type in DB_ERRORS:
         app.add_exception_handler(exc_type, on_db_error)
     app.add_exception_handler(Exception, on_unexpected)
 
 
-def install_common(app: FastAPI) -> None:
-    """What the gateway and the sampler share: HTTP errors in the one shape, and NUL refused in
-    paths and query values."""
+def install_common(app: FastAPI, max_body_bytes: int | None = None) -> None:
+    """What the gateway and the sampler share: HTTP errors in the one shape, NUL refused in paths and
+    query values, and (when given) the request body limit."""
 
     async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc.__cause__ or exc.__context__, _TooLarge):  # FastAPI's 400 around our limit
+            message = str(exc.__cause__ or exc.__context__)
+            body = error_body(
+                f"body: {message}", [{"field": "body", "message": message, "type": "too_large"}]
+            )
+            return JSONResponse(body, status_code=status.HTTP_413_CONTENT_TOO_LARGE)
         if exc.status_code < 400:  # e.g. a 304 raised on purpose: no body
             return JSONResponse(None, status_code=exc.status_code, headers=exc.headers)
         return JSONResponse(http_error_body(exc.detail), status_code=exc.status_code, headers=exc.headers)
 
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_middleware(RejectNul)
+    app.add_middleware(RejectNul, max_body_bytes=max_body_bytes)

@@ -62,7 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="MM-DLM",
         version=mmdlm.__version__,
         description="Submit and track diffusion-LM jobs (prepare-data, encode, clusters, train, sample, evaluate).",
-        max_body_size=settings.max_body_bytes,
         lifespan=lifespan,
     )
     app.state.mmdlm = state

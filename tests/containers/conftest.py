@@ -34,8 +34,8 @@ def need(condition: bool, message: str) -> None:
 
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    need(os.geteuid() == 0 or bool(os.environ.get("MMDLM_TEST_DOCKER_HOST")),
-         "the container suite needs root (apt-get, dockerd) or MMDLM_TEST_DOCKER_HOST")  # fmt: skip
+    need(os.geteuid() == 0 or bool(os.environ.get("CONTAINERS_DOCKER_HOST")),
+         "the container suite needs root (apt-get, dockerd) or CONTAINERS_DOCKER_HOST")  # fmt: skip
     # a short path: dockerd's and containerd's unix sockets live under it (108-byte limit)
     workdir = Path(tmp_path_factory.mktemp("dk"))
     try:
@@ -105,18 +105,18 @@ def _build(engine: Engine, dockerfile: str, tag: str, base: str, index: str) -> 
 @pytest.fixture(scope="session")
 def images(engine: Engine, base_image: str, wheel_index: str) -> Iterator[dict[str, str]]:
     """{"cpu": tag, "api": tag}, removed (with the dangling builder layers) at the end of the session."""
-    prebuilt = os.environ.get("MMDLM_TEST_IMAGES")  # "cpu=TAG,api=TAG": iterate on the runs, skip the builds
+    prebuilt = os.environ.get("CONTAINERS_IMAGES")  # "cpu=TAG,api=TAG": iterate on the runs, skip the builds
     if prebuilt:
         yield dict(item.split("=", 1) for item in prebuilt.split(","))  # type: ignore[misc]
         return
-    run_id = "kept" if os.environ.get("MMDLM_TEST_KEEP_IMAGES") else secrets.token_hex(4)
+    run_id = "kept" if os.environ.get("CONTAINERS_KEEP_IMAGES") else secrets.token_hex(4)
     tags = {"cpu": f"mmdlm-test:cpu-{run_id}", "api": f"mmdlm-test:api-{run_id}"}
     try:
         _build(engine, "docker/Dockerfile.api", tags["api"], base_image, wheel_index)
         _build(engine, "docker/Dockerfile.cpu", tags["cpu"], base_image, wheel_index)
         yield tags
     finally:
-        if not os.environ.get("MMDLM_TEST_KEEP_IMAGES"):  # keep: a reused engine's build cache survives
+        if not os.environ.get("CONTAINERS_KEEP_IMAGES"):  # keep: a reused engine's build cache survives
             engine.run("rmi", "--force", *tags.values(), check=False)
             engine.run("image", "prune", "--force", check=False)
 

@@ -1,6 +1,6 @@
 """A Docker engine for the container suite: the Debian `docker.io` daemon started with its own data-root,
 exec-root, pidfile and socket (vfs storage, no iptables, no bridge: it runs inside these CI machines as root),
-or an already running engine named by MMDLM_TEST_DOCKER_HOST. `Engine` wraps the CLI calls the suite makes."""
+or an already running engine named by CONTAINERS_DOCKER_HOST. `Engine` wraps the CLI calls the suite makes."""
 
 from __future__ import annotations
 
@@ -84,8 +84,8 @@ class Engine:
 def storage_driver() -> str:
     """overlay2 where the kernel has overlayfs (measured here: the CPU image builds several times faster),
     else vfs, which works on any filesystem but copies every layer in full, ENV and LABEL steps included.
-    MMDLM_TEST_DOCKER_STORAGE picks one; a failed overlay2 start falls back to vfs."""
-    chosen = os.environ.get("MMDLM_TEST_DOCKER_STORAGE")
+    CONTAINERS_DOCKER_STORAGE picks one; a failed overlay2 start falls back to vfs."""
+    chosen = os.environ.get("CONTAINERS_DOCKER_STORAGE")
     if chosen:
         return chosen
     filesystems = Path("/proc/filesystems").read_text() if Path("/proc/filesystems").exists() else ""
@@ -123,18 +123,18 @@ def _start_dockerd(workdir: Path, driver: str) -> tuple[subprocess.Popen[bytes],
 
 @contextmanager
 def docker_engine(workdir: Path) -> Iterator[Engine]:
-    """Reuse MMDLM_TEST_DOCKER_HOST when it answers; else start a private dockerd under `workdir`, and stop
+    """Reuse CONTAINERS_DOCKER_HOST when it answers; else start a private dockerd under `workdir`, and stop
     it and delete its data-root (every image layer) at the end."""
-    reuse = os.environ.get("MMDLM_TEST_DOCKER_HOST")
+    reuse = os.environ.get("CONTAINERS_DOCKER_HOST")
     if reuse:
         engine = Engine(reuse)
         if not engine.ok():
-            raise EngineUnavailable(f"MMDLM_TEST_DOCKER_HOST={reuse} does not answer")
+            raise EngineUnavailable(f"CONTAINERS_DOCKER_HOST={reuse} does not answer")
         yield engine
         return
     if os.geteuid() != 0:
         raise EngineUnavailable(
-            "starting dockerd needs root (or set MMDLM_TEST_DOCKER_HOST to a running engine)"
+            "starting dockerd needs root (or set CONTAINERS_DOCKER_HOST to a running engine)"
         )
     ensure_packages()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ def docker_engine(workdir: Path) -> Iterator[Engine]:
     try:
         proc, engine = _start_dockerd(workdir, driver)
     except EngineUnavailable:
-        if driver == "vfs" or os.environ.get("MMDLM_TEST_DOCKER_STORAGE"):
+        if driver == "vfs" or os.environ.get("CONTAINERS_DOCKER_STORAGE"):
             raise
         driver = "vfs"
         proc, engine = _start_dockerd(workdir, driver)

@@ -1,5 +1,5 @@
 """Registry-free ingredients of the image builds: a Debian base made with debootstrap and a wheelhouse made
-with the host's pip, both cached under MMDLM_CONTAINER_CACHE (default /var/cache/mmdlm-containers) and keyed
+with the host's pip, both cached under CONTAINERS_CACHE (default /var/cache/mmdlm-containers) and keyed
 by a hash of their recipe, so only the first run pays for them. Also usable as a script to warm the cache:
 `python -m tests.containers.images`."""
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("MMDLM_CONTAINER_CACHE", "/var/cache/mmdlm-containers"))
+CACHE = Path(os.environ.get("CONTAINERS_CACHE", "/var/cache/mmdlm-containers"))
 SUITE = "bookworm"
 # python-is-python3: the Dockerfiles call `python`, as in the python:3.11-slim images; tini is the init the
 # images' ENTRYPOINT runs (present, so the runtime stage skips its apt-get step and needs no network).
@@ -29,8 +29,8 @@ BASE_PYTHON_EXTRAS = ("async-timeout==5.0.1",)
 
 def debian_mirror() -> str:
     """The host's Debian mirror (apt sources, one-line or deb822), so debootstrap uses what apt can reach."""
-    if os.environ.get("MMDLM_DEBIAN_MIRROR"):
-        return os.environ["MMDLM_DEBIAN_MIRROR"]
+    if os.environ.get("CONTAINERS_DEBIAN_MIRROR"):
+        return os.environ["CONTAINERS_DEBIAN_MIRROR"]
     sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
     for path in sources:
         if not path.is_file() or path.suffix not in {".list", ".sources", ""}:
@@ -54,11 +54,15 @@ def log(message: str) -> None:
     print(f"[containers] {message}", file=sys.stderr, flush=True)
 
 
-def _unmount_under(root: Path) -> None:
+def _mounts_inside(root: Path) -> list[str]:
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    for mount in sorted((m for m in mounts if m.startswith(f"{root}/")), reverse=True):
+    return [m for m in mounts if m.startswith(f"{root}/")]
+
+
+def _unmount_under(root: Path) -> None:
+    for mount in sorted(_mounts_inside(root), reverse=True):
         subprocess.run(["umount", "-l", mount], check=False)
-    if any(line.split()[1].startswith(f"{root}/") for line in Path("/proc/mounts").read_text().splitlines()):
+    if _mounts_inside(root):
         raise RuntimeError(f"cannot unmount what debootstrap mounted under {root}; remove it by hand")
 
 
@@ -73,7 +77,8 @@ def base_tarball() -> Path:
         raise RuntimeError("debootstrap is not installed (apt-get install -y debootstrap)")
     CACHE.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=CACHE, prefix="rootfs-") as tmp:
+    tmp = tempfile.mkdtemp(dir=CACHE, prefix="rootfs-")
+    try:
         root = Path(tmp) / "root"
         try:
             subprocess.run(
@@ -104,12 +109,16 @@ def base_tarball() -> Path:
                         shutil.rmtree(child)
                     elif child.name != "lock":
                         child.unlink()
-        partial = tarball.with_suffix(".tar.partial")
+        partial = Path(tmp) / "base.tar"  # renamed into place when complete: concurrent runs never see half
         subprocess.run(
             ["tar", "-C", str(root), "--one-file-system", "--numeric-owner", "-cf", str(partial), "."],
             check=True,
         )
         partial.rename(tarball)
+    finally:
+        # never a plain TemporaryDirectory: debootstrap may bind-mount the host's /dev, and rmtree would follow
+        if not _mounts_inside(Path(tmp)):
+            shutil.rmtree(tmp, ignore_errors=True)
     log(f"debootstrap base {tarball.name}: {time.monotonic() - started:.0f} s")
     return tarball
 
@@ -124,9 +133,7 @@ def wheelhouse() -> Path:
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    partial = CACHE / f"wheelhouse-{key}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+    partial = Path(tempfile.mkdtemp(dir=CACHE, prefix=f"wheelhouse-{key}.partial-"))
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, "download", "-r", str(REPO / "requirements.txt"), "-d", str(partial)], check=True)
     subprocess.run(
@@ -141,7 +148,10 @@ def wheelhouse() -> Path:
     # fails the image build with its name.
     subprocess.run([*pip, "download", "--no-deps", *BASE_PYTHON_EXTRAS, "-d", str(partial)], check=True)
     (partial / ".complete").touch()
-    partial.rename(target)
+    try:
+        partial.rename(target)
+    except OSError:  # another session finished the same wheelhouse first
+        shutil.rmtree(partial, ignore_errors=True)
     log(f"wheelhouse {target.name}: {time.monotonic() - started:.0f} s")
     return target
 

@@ -3,10 +3,11 @@ and its validation NLL (exact for AR, the ELBO bound for diffusion) falls well b
 the data, i.e. it learned more than token frequencies.
 
 Setup: BPE-1024 tokenizer, 64-token rows, the `cpu-nano` preset (d=64, 2 blocks), batch 32, lr 3e-3
-constant after 50 warm-up steps, fp32, a fixed number of steps (AR 300, diffusion 1,200: about 15 s and
-60 s on a quiet 2-core machine), so the test is deterministic; `time_limit_s` only caps a badly
-overloaded machine (the failure message then says how many steps were reached). Margins: AR must end 1
-nat below the unigram entropy (it reaches ~2), diffusion families 0.5 nats (they reach ~0.9).
+constant after 50 warm-up steps, fp32, a fixed, seeded number of steps (AR 300, diffusion 1,200: about 15 s
+and 60 s on a quiet 2-core machine). There is no wall-clock limit on training (issue 13.6): a busy machine
+makes the test slower, never changes what it trains; pytest's 900 s per-test timeout is the only "machine
+too slow" guard. Margins: AR must end 1 nat below the unigram entropy (it reaches ~2), diffusion families
+0.5 nats (they reach ~0.9).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 
 MARGIN = {"ar": 1.0, "mdlm": 0.5, "gidd": 0.5, "hdlm": 0.5}
 STEPS = {"ar": 300, "mdlm": 1200, "gidd": 1200, "hdlm": 1200}
-TIME_LIMIT_S = 240.0
 
 
 def unigram_entropy(dataset: Path) -> float:
@@ -51,7 +51,7 @@ def test_validation_nll_falls_well_below_unigram_entropy(
         tmp_path / "run",
         overrides={
             "steps": STEPS[family],
-            "time_limit_s": TIME_LIMIT_S,
+            "seed": 0,
             "data": {"batch_size": 32},
             "optimizer": {"lr": 3e-3},
             "schedule": {"kind": "constant", "warmup_steps": 50},
@@ -70,4 +70,5 @@ def test_validation_nll_falls_well_below_unigram_entropy(
         f"vs unigram entropy {h:.3f}"
     )
     log.warning(message)
+    assert result.step == STEPS[family], message  # trained exactly the fixed schedule
     assert val["nll"] < h - MARGIN[family], message

@@ -87,8 +87,8 @@ def loss_and_grad(built: Built, autocast: bool) -> tuple[float, torch.Tensor]:
 
 @pytest.mark.parametrize("family", ["mdlm", "gidd", "hdlm"])
 def test_objective_under_bf16_autocast_agrees_with_fp32(family: str, clusters_dir: str) -> None:
-    """Issue 13.5: one training step under bf16 autocast matches fp32 (same draws): loss within 2% relative,
-    gradient direction cosine > 0.99 and norm within 5% (measured on cpu-nano: loss < 0.1%, cosine > 0.9998,
+    """Issue 13.5: one training step under bf16 autocast matches fp32 (same draws): loss within 0.5% relative,
+    gradient direction cosine > 0.999 and norm within 3% (measured on cpu-nano: loss < 0.1%, cosine > 0.9998,
     norm < 0.9%)."""
     built = get_family(family).build(spec(family, clusters_dir if family == "hdlm" else None), Vocab())
     g = torch.Generator().manual_seed(0)
@@ -98,10 +98,10 @@ def test_objective_under_bf16_autocast_agrees_with_fp32(family: str, clusters_di
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     loss32, grad32 = loss_and_grad(built, autocast=False)
     loss16, grad16 = loss_and_grad(built, autocast=True)
-    assert math.isclose(loss16, loss32, rel_tol=0.02), (loss16, loss32)
+    assert math.isclose(loss16, loss32, rel_tol=0.005), (loss16, loss32)
     cos = float(grad16 @ grad32 / (grad16.norm() * grad32.norm()))
-    assert cos > 0.99, cos
-    assert math.isclose(grad16.norm().item(), grad32.norm().item(), rel_tol=0.05)
+    assert cos > 0.999, cos
+    assert math.isclose(grad16.norm().item(), grad32.norm().item(), rel_tol=0.03)
 
 
 def test_bug1_hdlm_builds_and_samples_from_its_config(clusters_dir: str) -> None:

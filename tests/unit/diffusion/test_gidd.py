@@ -164,9 +164,7 @@ def test_elbo_expectation_with_uniform_noise_matches_closed_form(p_uniform: floa
     assert math.isclose(_expected_elbo(proc, logits, 3, t), ref, rel_tol=2e-4)
 
 
-@pytest.mark.parametrize(
-    ("layout", "p_uniform"), [(TOY, 0.1), (TOY, 0.5), (GPT2, 0.999), (GPT2, 0.9999)]
-)
+@pytest.mark.parametrize(("layout", "p_uniform"), [(TOY, 0.1), (TOY, 0.5), (GPT2, 0.999), (GPT2, 0.9999)])
 def test_alpha_nonpositive_schedules_are_refused(layout: VocabLayout, p_uniform: float) -> None:
     """Issue 13.2: where alpha_t <= 0 inside [t_eps, 1 - t_eps] the build fails with the reason and a bound."""
     with pytest.raises(ValueError, match=r"alpha_t <= 0 near t = 1.*use p_uniform < "):
@@ -174,7 +172,9 @@ def test_alpha_nonpositive_schedules_are_refused(layout: VocabLayout, p_uniform:
 
 
 @pytest.mark.parametrize(("layout", "p_uniform"), [(TOY, 0.01), (TOY, 0.038), (GPT2, 0.5), (GPT2, 0.99)])
-def test_accepted_schedules_have_positive_alpha_and_finite_elbo(layout: VocabLayout, p_uniform: float) -> None:
+def test_accepted_schedules_have_positive_alpha_and_finite_elbo(
+    layout: VocabLayout, p_uniform: float
+) -> None:
     """The accepted side of the guard: alpha_t > 0 up to 1 - t_eps, and the loss there is finite."""
     proc = gidd(layout, p_uniform=p_uniform)
     t = torch.tensor([[0.5], [0.99], [1 - 1e-4]], dtype=torch.float64)

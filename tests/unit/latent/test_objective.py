@@ -194,7 +194,9 @@ def test_latent_and_text_loss_weights_scale_their_terms(batch) -> None:
     results = {}
     for weights in ((1.0, 1.0), (2.5, 0.0), (0.0, 4.0)):
         torch.manual_seed(0)
-        built = built_for(mode="joint", cond_dropout=0.0, text_loss_weight=weights[0], latent_loss_weight=weights[1])
+        built = built_for(
+            mode="joint", cond_dropout=0.0, text_loss_weight=weights[0], latent_loss_weight=weights[1]
+        )
         results[weights] = built.objective(built.model, batch, torch.Generator().manual_seed(1))
     base = results[(1.0, 1.0)]
     text, lat = base.metrics["text_loss"], base.metrics["latent_loss"]

@@ -243,7 +243,8 @@ def test_the_condition_changes_l2t_t2l_and_joint_outputs() -> None:
     a, b = make_batch(6, seed=1), make_batch(6, seed=2)
     l2t = LatentSampleConfig(mode="l2t", text_steps=4, seed=5)
     assert not torch.equal(
-        fam.generate(built, l2t, latents=a["latent"]).tokens, fam.generate(built, l2t, latents=b["latent"]).tokens
+        fam.generate(built, l2t, latents=a["latent"]).tokens,
+        fam.generate(built, l2t, latents=b["latent"]).tokens,
     )
     t2l = LatentSampleConfig(mode="t2l", latent_steps=4, seed=5)
     za = fam.generate(built, t2l, text_ids=a["input_ids"], text_mask=a["attention_mask"]).latents
@@ -263,9 +264,15 @@ def test_the_condition_changes_l2t_t2l_and_joint_outputs() -> None:
 
     out = {
         tok: sample_joint(
-            joint_fn(tok), PROCESS, gaussian, torch.tensor([L, L]), L, (2, 1, D), steps=4,
+            joint_fn(tok),
+            PROCESS,
+            gaussian,
+            torch.tensor([L, L]),
+            L,
+            (2, 1, D),
+            steps=4,
             generator=torch.Generator().manual_seed(0),
-        )  # fmt: skip
+        )
         for tok in (5, 6)
     }
     assert (out[5][0] == 5).all() and (out[6][0] == 6).all()

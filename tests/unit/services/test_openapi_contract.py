@@ -86,3 +86,28 @@ def test_strict_models_bound_every_value_even_inside_containers() -> None:
         with pytest.raises(ValueError):
             Section.model_validate(bad)
     assert Section(count=2**63 - 1, extra={"a": [1.5, "b"]}).count == 2**63 - 1
+
+
+def test_nul_in_paths_and_queries_and_large_bodies_get_the_one_error_body(tmp_path: Path) -> None:
+    """Answered at the edge, before auth and the database (no server needed)."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(Settings(_env_file=None, home=tmp_path, max_body_bytes=2048))  # type: ignore[call-arg]
+    with TestClient(app) as client:
+        nul = client.get("/v1/jobs/ab%00cd/metrics")
+        assert nul.status_code == 422 and nul.json()["errors"][0]["field"] == "job_id"
+        query = client.get("/v1/artifacts", params={"kind": "x\x00"})
+        assert query.status_code == 422 and query.json()["errors"][0]["field"] == "query.kind"
+        big = b'{"kind": "probe", "log_lines": 1, "x": "' + b"a" * 4000 + b'"}'
+        declared = client.post("/v1/jobs", content=big, headers={"Content-Type": "application/json"})
+
+        def chunks():  # noqa: ANN202 - no Content-Length: counted while read
+            yield from (big[i : i + 500] for i in range(0, len(big), 500))
+
+        streamed = client.post("/v1/jobs", content=chunks(), headers={"Content-Type": "application/json"})
+        for response in (declared, streamed):
+            assert response.status_code == 413, response.text
+            assert response.json()["errors"] == [
+                {"field": "body", "message": "request body larger than 2048 bytes (MMDLM_MAX_BODY_BYTES)",
+                 "type": "too_large"}
+            ]  # fmt: skip
