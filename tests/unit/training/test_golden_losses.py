@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from mmdlm.training.debug import debug_train_config, prepare_debug_clusters
+from mmdlm.clusters import Clusters, tokenizer_fingerprint
+from mmdlm.data.tokens import TokenDataset
+from mmdlm.training.debug import debug_train_config
 from mmdlm.training.metrics import read_metrics
 from mmdlm.training.trainer import Trainer
 
@@ -20,11 +23,27 @@ GOLDEN = Path(__file__).parents[2] / "assets" / "losses"
 STEPS = 12
 
 
+def fixed_clusters(dataset: Path, out: Path, num_clusters: int = 16) -> Path:
+    """HDLM clusters `id mod C` ([MASK] excluded). k-means over encoder embeddings is not bitwise portable:
+    on an AMD EPYC its assignments moved HDLM's curve 0.2% from the Intel-recorded golden, which says
+    nothing about the loop's numerics (k-means has its own tests in tests/unit/test_clusters.py)."""
+    ds = TokenDataset.open(dataset, verify=False)
+    tokenizer = ds.tokenizer()
+    cluster_map = np.arange(len(tokenizer)) % num_clusters
+    cluster_map[ds.vocab.mask_id] = -1
+    centroids = np.zeros((num_clusters, 8), dtype=np.float32)  # unused: embed_init is "random"
+    manifest = {
+        "source": {"kind": "fixed", "rule": "id mod C"},
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+    }
+    return Clusters(cluster_map, centroids, manifest).save(out)
+
+
 @pytest.mark.parametrize("family", ["ar", "mdlm", "gidd", "hdlm"])
 def test_losses_match_golden_curve(family: str, debug_dataset: Path, tmp_path: Path) -> None:
     extra = {}
     if family == "hdlm":
-        extra["clusters"] = str(prepare_debug_clusters(debug_dataset, debug_dataset.parent / "clusters", 16))
+        extra["clusters"] = str(fixed_clusters(debug_dataset, tmp_path / "clusters"))
     cfg = debug_train_config(
         family, debug_dataset, tmp_path / "run", overrides={"steps": STEPS, "save_final": False}, **extra
     )
