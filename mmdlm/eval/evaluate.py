@@ -76,6 +76,14 @@ def base_protocol(pipe: Pipeline, config: EvalConfig, dataset: TokenDataset | No
     )
 
 
+def bound_notes(objective: object) -> list[str]:
+    """Caveats of the objective's likelihood bound for the NLL protocol (issue 13.4: HDLM with gamma < 1 is not
+    an upper bound); empty for AR and for processes whose truncated integral is within O(t_eps)."""
+    process = getattr(objective, "process", None)
+    note = process.bound_note() if hasattr(process, "bound_note") else None
+    return [note] if note else []
+
+
 def validation_nll(
     pipe: Pipeline, dataset: TokenDataset, config: EvalConfig, protocol: EvalProtocol
 ) -> NLLResult:
@@ -96,13 +104,11 @@ def validation_nll(
         device=device,
     )
     exact = pipe.family == "ar"
-    process = getattr(pipe.objective, "process", None)
-    note = process.bound_note() if hasattr(process, "bound_note") else None
     proto = protocol.model_copy(
         update={
             "estimator": "exact" if exact else "elbo",
             "num_time_samples": None if exact else config.num_time_samples,
-            "notes": [*protocol.notes, note] if note else protocol.notes,
+            "notes": [*protocol.notes, *bound_notes(pipe.objective)],
         }
     )
     return NLLResult.from_sums(sums.nll, sums.tokens, sums.sequences, proto)

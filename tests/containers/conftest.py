@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -38,12 +39,21 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
          "the container suite needs root (apt-get, dockerd) or CONTAINERS_DOCKER_HOST")  # fmt: skip
     # a short path: dockerd's and containerd's unix sockets live under it (108-byte limit)
     workdir = Path(tmp_path_factory.mktemp("dk"))
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    # A SIGTERM'd pytest (`timeout`, CI cancel) would skip the finalizers and orphan dockerd with its data-root;
+    # as KeyboardInterrupt, pytest still tears the session fixtures down.
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         with docker_engine(workdir) as started:
             REPORT["storage_driver"] = started.storage_driver or "(reused engine)"
             yield started
     except EngineUnavailable as exc:
         need(False, str(exc))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

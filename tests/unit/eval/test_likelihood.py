@@ -153,3 +153,17 @@ def test_nll_sums_is_token_weighted_and_exact_for_ar() -> None:
     assert sums.tokens == 3 * L + 2 * 5 and sums.sequences == 5
     assert sums.nll == pytest.approx(per_a.sum().item() + per_b.sum().item(), rel=1e-12)
     assert per_a.dtype == torch.float64
+
+
+@pytest.mark.parametrize(("gamma", "flagged"), [(0.5, True), (1.0, False), (2.0, False)])
+def test_nll_protocol_flags_hdlm_bound_below_gamma_one(gamma: float, flagged: bool, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 13.4: the NLL protocol of an HDLM model with gamma < 1 says the figure is not an upper bound."""
+    from mmdlm.eval.evaluate import bound_notes
+
+    emb = np.zeros((VOCAB.vocab_size, 2), dtype=np.float32)
+    emb[4:, 0] = np.arange(K) >= K // 2
+    clusters = compute_clusters(emb, 2, source={"kind": "test"}, exclude_ids=[VOCAB.mask_id], seed=0)
+    spec = _spec("hdlm", clusters=str(clusters.save(tmp_path / "clusters")), process={"gamma": gamma})
+    notes = bound_notes(get_family("hdlm").build(spec, VOCAB).objective)
+    assert (len(notes) == 1 and "NOT an upper bound" in notes[0]) if flagged else notes == []
+    assert bound_notes(get_family("mdlm").build(_spec("mdlm"), VOCAB).objective) == []
