@@ -15,8 +15,11 @@ router = APIRouter(prefix="/v1/kinds", tags=["kinds"])
 def list_kinds(_: CurrentUser, state: StateDep) -> list[KindPublic]:
     return [
         KindPublic(
-            name=k.name, queue=k.queue, description=k.description, spec_schema=k.spec.model_json_schema(),
+            name=k.name,
+            queue=k.queue,
+            description=k.description,
+            spec_schema=k.spec.model_json_schema(),
             limits=dict(k.extra),
-        )  # fmt: skip
+        )
         for k in sorted(state.kinds.values(), key=lambda k: k.name)
     ]
