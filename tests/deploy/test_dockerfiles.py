@@ -89,7 +89,9 @@ def test_builds_without_a_registry_frontend_or_buildkit(dockerfile: Path) -> Non
     text = dockerfile.read_text()
     assert not re.search(r"(?im)^#\s*syntax\s*=", text)
     instructions = "\n".join(stages(text))
-    assert not re.search(r"--(chmod|mount|link|checksum|parents|exclude)\b", instructions), "BuildKit-only flag"
+    assert not re.search(r"--(chmod|mount|link|checksum|parents|exclude)\b", instructions), (
+        "BuildKit-only flag"
+    )
     stage_names = re.findall(r"(?m)^FROM \S+ AS (\S+)", text)
     for image in re.findall(r"(?m)^FROM (\S+)", text):
         assert image.startswith("${") or image in stage_names, f"FROM {image}: make it a build ARG"
@@ -120,7 +122,9 @@ def test_the_slim_gateway_requirements_are_a_torch_free_subset_with_the_same_pin
     )
     text = (REPO / "docker" / "Dockerfile.api").read_text()
     assert "-r requirements-api.txt" in text and "--no-deps" in text
-    assert not re.search(r"requirements(-nodeps)?\.txt", text), "the slim image installs requirements-api.txt only"
+    assert not re.search(r"requirements(-nodeps)?\.txt", text), (
+        "the slim image installs requirements-api.txt only"
+    )
 
 
 def test_the_gateway_import_chain_never_imports_torch(tmp_path: Path) -> None:
