@@ -3,18 +3,18 @@ instances can live in one test process."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-if TYPE_CHECKING:
-    from services.sampler.service import SamplerService
 
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class SamplerMetrics:
-    def __init__(self, service: SamplerService) -> None:
+    """`cache_stats` returns the model cache's {"bytes", "entries"} at scrape time; the service passes it in,
+    so this module knows nothing of the service."""
+
+    def __init__(self, cache_stats: Callable[[], dict[str, int]], cache_budget_bytes: int) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "mmdlm_sampler_requests", "Requests by endpoint and HTTP status", ["endpoint", "status"],
@@ -35,13 +35,13 @@ class SamplerMetrics:
             "mmdlm_sampler_batch_rows", "Samples per network batch", buckets=SIZES, registry=self.registry
         )
         cache = Gauge("mmdlm_sampler_model_cache_bytes", "Bytes of loaded models", registry=self.registry)
-        cache.set_function(lambda: service.models.stats()["bytes"])
+        cache.set_function(lambda: cache_stats()["bytes"])
         loaded = Gauge("mmdlm_sampler_models_loaded", "Models in memory", registry=self.registry)
-        loaded.set_function(lambda: service.models.stats()["entries"])
+        loaded.set_function(lambda: cache_stats()["entries"])
         budget = Gauge(
             "mmdlm_sampler_model_cache_budget_bytes", "MMDLM_SAMPLER_CACHE_BYTES", registry=self.registry
         )
-        budget.set(service.config.cache_bytes)
+        budget.set(cache_budget_bytes)
 
     def observe_batch(self, requests: int, rows: int) -> None:
         self.batch_requests.observe(requests)

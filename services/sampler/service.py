@@ -87,7 +87,7 @@ class SamplerService:
             self._run, self.executor, window_s=config.batch_window_ms / 1000, max_rows=config.max_batch_rows,
             enabled=config.batching,
         )  # fmt: skip
-        self.metrics = SamplerMetrics(self)
+        self.metrics = SamplerMetrics(self.models.stats, self.config.cache_bytes)
         self.batcher.on_batch = self.metrics.observe_batch
         self._refs: dict[str, ModelRef] = {}
 
