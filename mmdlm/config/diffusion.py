@@ -6,6 +6,7 @@ Importable without torch: the API validates job specs with these classes.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -51,6 +52,31 @@ class GIDDProcessConfig(TimeSamplingConfig):
                 f"min_loss_weight ({self.min_loss_weight}) must not exceed max_loss_weight ({self.max_loss_weight})"
             )
         return self
+
+    def log_B(self, vocab_size: int) -> float:
+        """log of the uniform-noise scale B for a vocabulary of `vocab_size` ids (spec §2.3)."""
+        p = max(math.exp(-20.0), self.p_uniform)
+        return max(-math.log1p((1.0 - p) / p * vocab_size / 2.0), -20.0)
+
+    def alpha_problem(self, vocab_size: int) -> str | None:
+        """Why this schedule is undefined for `vocab_size`, or None when it is fine.
+
+        alpha_t > 0 iff ((1-t)/t)^(g/2) > B, hardest at the largest time t = 1 - t_eps. With a small vocabulary
+        or p_uniform near 1, B is large and alpha_t turns negative near t = 1: the marginals stop being a
+        distribution and the ELBO integral returns NaN. Torch-free, so the API refuses such a job at submit."""
+        B = math.exp(self.log_B(vocab_size))
+        t_max = 1.0 - self.t_eps
+        ratio = ((1.0 - t_max) / t_max) ** (self.gamma / 2.0)
+        if ratio > B * (1.0 + 1e-9):
+            return None
+        # largest p_uniform that keeps alpha_t > 0 at t_max: B(p) = ratio, solved for p
+        p_max = 1.0 / (1.0 + (1.0 / ratio - 1.0) * 2.0 / vocab_size) if ratio < 1.0 else 1.0
+        return (
+            f"GIDD+ p_uniform={self.p_uniform} with vocabulary size N={vocab_size}, gamma={self.gamma} "
+            f"and t_eps={self.t_eps} makes alpha_t <= 0 near t = 1 (B={B:.4g} >= "
+            f"((1-t)/t)^(gamma/2)={ratio:.4g} at t = 1 - t_eps), so the ELBO is undefined; "
+            f"use p_uniform < {p_max:.4g} (or a larger t_eps)"
+        )
 
 
 class HDLMProcessConfig(TimeSamplingConfig):

@@ -48,27 +48,11 @@ class GIDDProcess(DiscreteProcess):
         self.N = layout.vocab_size
         self.gamma = config.gamma
         self.p_uniform = max(math.exp(-20.0), config.p_uniform)
-        self.log_B = max(-math.log1p((1.0 - self.p_uniform) / self.p_uniform * self.N / 2.0), -20.0)
+        self.log_B = config.log_B(self.N)
         self.B = math.exp(self.log_B)
-        self._check_alpha_positive()
-
-    def _check_alpha_positive(self) -> None:
-        """Refuse a schedule whose alpha_t reaches 0 inside [t_eps, 1 - t_eps].
-
-        alpha_t > 0 iff ((1-t)/t)^(g/2) > B, which is hardest at the largest time t = 1 - t_eps. With a small
-        vocabulary or p_uniform near 1, B is large and alpha_t turns negative near t = 1: the marginals stop
-        being a distribution and the ELBO integral returns NaN."""
-        t_max = 1.0 - self.t_eps
-        ratio = ((1.0 - t_max) / t_max) ** (self.gamma / 2.0)
-        if ratio <= self.B * (1.0 + 1e-9):
-            # largest p_uniform that keeps alpha_t > 0 at t_max: B(p) = ratio, solved for p
-            p_max = 1.0 / (1.0 + (1.0 / ratio - 1.0) * 2.0 / self.N) if ratio < 1.0 else 1.0
-            raise ValueError(
-                f"GIDD+ p_uniform={self.config.p_uniform} with vocabulary size N={self.N}, gamma={self.gamma} "
-                f"and t_eps={self.t_eps} makes alpha_t <= 0 near t = 1 (B={self.B:.4g} >= "
-                f"((1-t)/t)^(gamma/2)={ratio:.4g} at t = 1 - t_eps), so the ELBO is undefined; "
-                f"use p_uniform < {p_max:.4g} (or a larger t_eps)"
-            )
+        problem = config.alpha_problem(self.N)
+        if problem is not None:
+            raise ValueError(problem)
 
     # ----- schedule (float64, t of shape (B, 1)) -----
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mmdlm.config.base import StrictModel
+from mmdlm.config.diffusion import GIDDProcessConfig
 from mmdlm.config.train import MAX_STEPS as MAX_TRAIN_STEPS
 from mmdlm.config.train import (
     CheckpointSection,
@@ -199,7 +200,14 @@ def check(spec: TrainSpec, session: Session, user: Principal) -> None:
     dataset = require_artifact(
         session, user, spec.dataset, field="dataset", kind=dataset_kind(spec.model.family)
     )
-    check_quota(spec, (dataset.meta or {}).get("seq_len"), settings.max_tokens)
+    meta = dataset.meta or {}
+    check_quota(spec, meta.get("seq_len"), settings.max_tokens)
+    vocab_size = (meta.get("tokenizer") or {}).get("vocab_size")
+    process = getattr(spec.model, "process", None)
+    if isinstance(process, GIDDProcessConfig) and isinstance(vocab_size, int):
+        problem = process.alpha_problem(vocab_size)
+        if problem is not None:
+            raise FieldError("model.process.p_uniform", problem)
     clusters = spec.clusters_artifact
     if clusters is not None:
         require_artifact(session, user, clusters, field="model.clusters", kind="clusters")

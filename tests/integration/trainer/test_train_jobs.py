@@ -82,6 +82,12 @@ def test_specs_that_cannot_run_are_refused_with_the_field(
             train_spec(dataset, model={**hdlm, "clusters": dataset}),
         ],
         "steps": [train_spec(dataset, steps=0)],
+        # alpha_t <= 0 near t = 1 for this vocabulary: refused at submit, not a NaN ELBO in the worker
+        "model.process.p_uniform": [
+            train_spec(
+                dataset, model={"family": "gidd", "model": "cpu-nano", "process": {"p_uniform": 0.999}}
+            )
+        ],
     }
     for field, specs in cases.items():
         for spec in specs:
