@@ -14,12 +14,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import mmdlm
-from services.api import errors
 from services.api.observability import MetricsMiddleware
 from services.api.routes import artifacts, events, generate, health, job_priority, jobs, models
 from services.api.routes import kinds as kinds_routes
 from services.api.schemas import job_create_type
 from services.api.state import AppState
+from services.common import http_errors as errors
 from services.common.db import Database
 from services.common.kinds import load_kinds
 from services.common.migrate import upgrade
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.mmdlm = state
     errors.install(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
-    # every route declares the one error schema (services.api.errors.ErrorResponse) for its errors
+    # every route declares the one error schema (services.common.http_errors.ErrorResponse) for its errors
     app.include_router(health.router, responses=errors.responses(422, 500))
     v1 = errors.responses(*errors.COMMON)
     app.include_router(jobs.build_router(kinds, job_create_type(kinds)), responses=v1)

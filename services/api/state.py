@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -13,38 +11,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from services.api.observability import Metrics
-from services.common.auth import Principal
+from services.common.auth import TokenCache
 from services.common.db import Database
 from services.common.kinds import JobKind
 from services.common.settings import Settings
 from services.common.store import ObjectStore
-
-
-class TokenCache:
-    """token hash -> Principal for `ttl_s` seconds: most requests then authenticate without a query.
-    A revoked token keeps working for at most `ttl_s` (MMDLM_TOKEN_CACHE_S; 0 disables the cache)."""
-
-    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self._entries: dict[str, tuple[float, Principal]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Principal | None:
-        if self.ttl_s <= 0:
-            return None
-        entry = self._entries.get(key)
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        return entry[1]
-
-    def put(self, key: str, principal: Principal) -> None:
-        if self.ttl_s <= 0:
-            return
-        with self._lock:
-            if len(self._entries) >= self.max_entries:
-                self._entries.clear()
-            self._entries[key] = (time.monotonic() + self.ttl_s, principal)
 
 
 @dataclass

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -92,3 +94,30 @@ def revoke_tokens(session: Session, user_name: str) -> int | None:
         .values(revoked_at=utcnow())
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+class TokenCache:
+    """token hash -> Principal for `ttl_s` seconds: most requests then authenticate without a query.
+    A revoked token keeps working for at most `ttl_s` (MMDLM_TOKEN_CACHE_S; 0 disables the cache)."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Principal | None:
+        if self.ttl_s <= 0:
+            return None
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key: str, principal: Principal) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key] = (time.monotonic() + self.ttl_s, principal)

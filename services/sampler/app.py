@@ -30,10 +30,15 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 import mmdlm
-from services.api.errors import DB_ERRORS, db_unavailable, error_body, install_common, validation_response
-from services.api.state import TokenCache
-from services.common.auth import Principal, hash_token, user_for_token
+from services.common.auth import Principal, TokenCache, hash_token, user_for_token
 from services.common.db import Database
+from services.common.http_errors import (
+    DB_ERRORS,
+    db_unavailable,
+    error_body,
+    install_common,
+    validation_response,
+)
 from services.common.paths import resolve_model_refs, user_roots
 from services.common.settings import Settings, get_settings
 from services.common.store import StoreError, StoreUnavailableError, open_store

@@ -32,7 +32,9 @@ def list_presets() -> list[str]:
 def preset_path(name: str) -> Path:
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"no config file or preset named {name!r}; presets: {', '.join(list_presets())}")
+        raise FileNotFoundError(
+            f"no config file or preset named {name!r}; presets: {', '.join(list_presets())}"
+        )
     return path
 
 

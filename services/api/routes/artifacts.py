@@ -10,9 +10,9 @@ from starlette.concurrency import iterate_in_threadpool
 
 from mmdlm.config.base import INT64_MAX
 from services.api.deps import CurrentUser, SessionDep, StateDep
-from services.api.errors import responses
 from services.api.schemas import ArtifactPublic, ArtifactsPublic
 from services.common import crud
+from services.common.http_errors import responses
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 

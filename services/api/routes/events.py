@@ -19,9 +19,9 @@ from starlette.concurrency import run_in_threadpool
 
 from mmdlm.config.base import INT64_MAX
 from services.api.deps import CurrentUser, StateDep
-from services.api.errors import responses
 from services.api.state import AppState
 from services.common import crud
+from services.common.http_errors import responses
 from services.common.models import TERMINAL, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from services.api.deps import CurrentUser, StateDep
-from services.api.errors import error_body, responses
+from services.common.http_errors import error_body, responses
 from services.sampler.schemas import (
     CompletionRequest,
     CompletionResponse,

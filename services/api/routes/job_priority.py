@@ -12,9 +12,9 @@ from sqlalchemy import select
 
 from mmdlm.config.base import StrictModel
 from services.api.deps import CurrentUser, StateDep
-from services.api.errors import responses
 from services.api.schemas import JobOptions, JobPublic
 from services.common import crud
+from services.common.http_errors import responses
 from services.common.lifecycle import add_event
 from services.common.models import WAITING, Job, utcnow
 

@@ -12,7 +12,6 @@ from pydantic import BaseModel
 
 from mmdlm.config.base import INT64_MAX
 from services.api.deps import CurrentUser, SessionDep, StateDep
-from services.api.errors import responses
 from services.api.schemas import (
     JobPublic,
     JobsPublic,
@@ -22,6 +21,7 @@ from services.api.schemas import (
     split_options,
 )
 from services.common import crud, lifecycle
+from services.common.http_errors import responses
 from services.common.kinds import JobKind
 from services.common.models import JobStatus
 from services.common.queue import publish

@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 
 from mmdlm.config.base import INT64_MAX
 from services.api.deps import CurrentUser, SessionDep
-from services.api.errors import responses
 from services.common import crud
+from services.common.http_errors import responses
 from services.common.models import Artifact
 from services.sampler.protocols import compare_groups, metric_group, order_metrics
 

@@ -6,6 +6,7 @@ Sizes are the smallest that still train through 2 gloo ranks: cpu-nano DiT, seq_
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -47,8 +48,22 @@ def publish_local_artifact(platform: Platform, folder: Path, *, kind: str, user:
         s.flush()
         job_id, owner_id = job.id, owner.id
     lease = Lease(job_id=job_id, owner="tests", attempt=1)
+    metadata = None
+    if kind == "dataset":  # what prepare-data records and the train check reads (seq_len, vocab_size)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        metadata = {
+            "seq_len": manifest["seq_len"],
+            "tokenizer": {"vocab_size": manifest["tokenizer"]["vocab_size"]},
+        }
     artifact_id = artifacts.publish_directory(
-        platform.db, platform.store(), lease=lease, owner_id=owner_id, local_dir=folder, kind=kind, name=kind
+        platform.db,
+        platform.store(),
+        lease=lease,
+        owner_id=owner_id,
+        local_dir=folder,
+        kind=kind,
+        name=kind,
+        metadata=metadata,
     )
     assert lifecycle.finish_succeeded(platform.db, lease)
     return artifact_id

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from services.api.errors import field_path
 from services.api.main import create_app
 from services.common.auth import create_token
 from services.common.client import _parse_sse
 from services.common.db import Database
+from services.common.http_errors import field_path
 from services.common.settings import Settings
 
 
