@@ -288,6 +288,16 @@ def install(app: FastAPI) -> None:
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
         )
 
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(FieldError, on_field_error)
+    install_common(app, "gateway", app.state.mmdlm.settings.max_body_bytes)
+
+
+def install_common(app: FastAPI, service: str, max_body_bytes: int | None = None) -> None:
+    """What the gateway and the sampler share: HTTP errors in the one shape, the store or database being
+    down (503 + Retry-After), the unexpected (500, logged), NUL refused in paths and query values, and
+    (when given) the request body limit. `service` names the log a 500 points to."""
+
     async def on_store_error(_: Request, exc: Exception) -> JSONResponse:
         code = 503 if isinstance(exc, StoreUnavailableError) else 502
         logger.warning("object store error: %s", exc)
@@ -296,24 +306,11 @@ def install(app: FastAPI) -> None:
         return JSONResponse(body, status_code=code, headers=headers)
 
     async def on_db_error(request: Request, exc: Exception) -> JSONResponse:
-        return db_unavailable(request, exc)
+        return db_unavailable(request, exc)  # async: a sync handler would cost a threadpool hop
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(error_body("internal error; see the server log"), status_code=500)
-
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(FieldError, on_field_error)
-    app.add_exception_handler(StoreError, on_store_error)
-    install_common(app, app.state.mmdlm.settings.max_body_bytes)
-    for exc_type in DB_ERRORS:
-        app.add_exception_handler(exc_type, on_db_error)
-    app.add_exception_handler(Exception, on_unexpected)
-
-
-def install_common(app: FastAPI, max_body_bytes: int | None = None) -> None:
-    """What the gateway and the sampler share: HTTP errors in the one shape, NUL refused in paths and
-    query values, and (when given) the request body limit."""
+        return JSONResponse(error_body(f"internal error; see the {service} log"), status_code=500)
 
     async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -328,4 +325,8 @@ def install_common(app: FastAPI, max_body_bytes: int | None = None) -> None:
         return JSONResponse(http_error_body(exc.detail), status_code=exc.status_code, headers=exc.headers)
 
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(StoreError, on_store_error)
+    for exc_type in DB_ERRORS:
+        app.add_exception_handler(exc_type, on_db_error)
+    app.add_exception_handler(Exception, on_unexpected)
     app.add_middleware(RejectNul, max_body_bytes=max_body_bytes)

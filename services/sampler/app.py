@@ -33,15 +33,13 @@ import mmdlm
 from services.common.auth import Principal, TokenCache, hash_token, user_for_token
 from services.common.db import Database
 from services.common.http_errors import (
-    DB_ERRORS,
-    db_unavailable,
     error_body,
     install_common,
     validation_response,
 )
 from services.common.paths import resolve_model_refs, user_roots
 from services.common.settings import Settings, get_settings
-from services.common.store import StoreError, StoreUnavailableError, open_store
+from services.common.store import open_store
 from services.sampler.completions import build_jobs, complete_response, stream_completion, stream_states
 from services.sampler.schemas import (
     CompletionRequest,
@@ -220,28 +218,10 @@ def _install_errors(app: FastAPI) -> None:
         logger.warning("%s %s: %s", request.method, request.url.path, exc)
         return JSONResponse(error_body(str(exc)), status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
-    async def on_store_error(_: Request, exc: Exception) -> JSONResponse:
-        code = 503 if isinstance(exc, StoreUnavailableError) else 502
-        body = error_body(
-            f"object store: {exc}", [{"field": "store", "message": str(exc), "type": "unavailable"}]
-        )
-        return JSONResponse(body, status_code=code)
-
-    async def on_db_error(request: Request, exc: Exception) -> JSONResponse:
-        return db_unavailable(request, exc)
-
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(error_body("internal error; see the sampler log"), status_code=500)
-
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(RequestError, on_request_error)
-    install_common(app)
-    for exc_type in DB_ERRORS:
-        app.add_exception_handler(exc_type, on_db_error)
+    install_common(app, "sampler")
     app.add_exception_handler(ValueError, on_value_error)
-    app.add_exception_handler(StoreError, on_store_error)
-    app.add_exception_handler(Exception, on_unexpected)
 
 
 def _install_metrics(app: FastAPI, service: SamplerService) -> None:
