@@ -128,10 +128,10 @@ def test_hot_queries_reuse_the_compiled_cache(db: Database, user: Principal, oth
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # prepared statements: PostgreSQL only
 def test_postgres_prepares_the_status_query(db: Database, user: Principal) -> None:
     """psycopg prepares a statement it ran `prepare_threshold` (5) times on a connection."""
-    if db.dialect != "postgresql":
-        pytest.skip("PostgreSQL only")
+    assert db.dialect == "postgresql"
     job_id = _seed(db, user)
     with db.read() as conn:
         for _ in range(6):
