@@ -27,8 +27,8 @@ install: $(VENV)/.installed
 
 dev: $(VENV)/.dev-installed
 
-demo: install
-	$(VENV)/bin/mmdlm demo
+demo: install  # `make demo ARGS=--keep`: leave the stack (and its dashboard) up until Ctrl-C
+	$(VENV)/bin/mmdlm demo $(ARGS)
 
 test: dev
 	$(VENV)/bin/ruff check .

@@ -259,14 +259,14 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 async def api_connections_opened(target: Target) -> float | None:
-    """`mmdlm_db_connections_opened_total` from /metrics; None when the API has no such metric."""
+    """`mmdlm_db_connections_opened_total` from /metrics, summed over its pools; None without it."""
     conn = Connection(target.host, target.port)
     try:
         _, body, _ = await conn.request(encode_request("GET", "/metrics", None))
     finally:
         conn.close()
-    match = re.search(rb"^mmdlm_db_connections_opened_total(?:\{[^}]*\})? ([0-9.e+]+)$", body, re.M)
-    return float(match.group(1)) if match else None
+    values = re.findall(rb"^mmdlm_db_connections_opened_total(?:\{[^}]*\})? ([0-9.e+]+)$", body, re.M)
+    return sum(float(v) for v in values) if values else None  # every pool (threads, loop) together
 
 
 def pg_sessions(db_url: str | None) -> int | None:

@@ -485,11 +485,14 @@ def demo(
     quick: Annotated[
         bool, typer.Option("--quick", help="every step with a few steps and rows (MMDLM_DEMO_SCALE=smoke)")
     ] = False,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="leave the stack up afterwards (dashboard at /ui) until Ctrl-C")
+    ] = False,
 ) -> None:
     """Start the embedded API and a worker, run the demo jobs, print what they produced."""
     from services.demo import run_demo
 
-    raise typer.Exit(run_demo(console, scale="smoke" if quick else None))
+    raise typer.Exit(run_demo(console, scale="smoke" if quick else None, keep=keep))
 
 
 def _progress_text(job: dict[str, Any]) -> str:

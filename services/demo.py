@@ -616,9 +616,12 @@ def run_demo(
     steps: list[DemoStep] | None = None,
     settings: Settings | None = None,
     scale: DemoScale | str | None = None,
+    keep: bool = False,
 ) -> int:
     """Run the demo; returns the process exit code (0 = every step succeeded). What it measured is also
-    written to <home>/demo/summary.json (scale, per-step seconds, artifact ids, results, status)."""
+    written to <home>/demo/summary.json (scale, per-step seconds, artifact ids, results, status).
+    It ends by printing the dashboard's URL; with `keep` the stack stays up (for a look at the jobs in the
+    dashboard) until Ctrl-C, with the demo user's token in <home>/demo/token (mode 0600)."""
     settings = settings or Settings()
     scale = scale if isinstance(scale, DemoScale) else get_scale(scale)
     if not settings.is_sqlite:
@@ -647,32 +650,73 @@ def run_demo(
     seconds: dict[str, float] = {}
     status, code = "failed", 1
     try:
-        _wait_ready(client, procs)
-        seconds["start"] = round(time.monotonic() - started, 1)
-        for step in steps if steps is not None else STEPS:
-            console.print(f"[bold cyan]step {step.name}[/bold cyan]: {step.description}")
-            step_started = time.monotonic()
-            step.run(ctx)
-            seconds[step.name] = round(time.monotonic() - step_started, 1)
-        status, code = "succeeded", 0
-    except (DemoFailed, ClientError) as exc:
-        console.print(f"[red]demo failed:[/red] {exc}", highlight=False)
-        ctx.results["error"] = str(exc)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]")
-        status, code = "interrupted", 130
+        try:
+            _wait_ready(client, procs)
+            seconds["start"] = round(time.monotonic() - started, 1)
+            for step in steps if steps is not None else STEPS:
+                console.print(f"[bold cyan]step {step.name}[/bold cyan]: {step.description}")
+                step_started = time.monotonic()
+                step.run(ctx)
+                seconds[step.name] = round(time.monotonic() - step_started, 1)
+            status, code = "succeeded", 0
+        except (DemoFailed, ClientError) as exc:
+            console.print(f"[red]demo failed:[/red] {exc}", highlight=False)
+            ctx.results["error"] = str(exc)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]")
+            status, code = "interrupted", 130
+        finally:
+            client.close()
+            total = time.monotonic() - started
+            summary = {"status": status, "scale": asdict(scale), "seconds": {**seconds, "total": round(total, 1)},
+                       "artifacts": ctx.artifacts, "jobs": ctx.jobs, "results": ctx.results}  # fmt: skip
+            logs.mkdir(parents=True, exist_ok=True)
+            (logs / "summary.json").write_text(
+                json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8"
+            )
+        if code == 0:
+            console.print(f"[bold green]demo finished[/bold green] in {total:.0f}s "
+                          f"({', '.join(f'{k} {v:.0f}s' for k, v in seconds.items())}); summary in {logs / 'summary.json'}")  # fmt: skip
+        if status != "interrupted":
+            _show_dashboard(console, port, token, logs, procs, keep=keep)
     finally:
-        client.close()
         for proc in reversed(procs):
             _stop(proc)
-        total = time.monotonic() - started
-        summary = {"status": status, "scale": asdict(scale), "seconds": {**seconds, "total": round(total, 1)},
-                   "artifacts": ctx.artifacts, "jobs": ctx.jobs, "results": ctx.results}  # fmt: skip
-        logs.mkdir(parents=True, exist_ok=True)
-        (logs / "summary.json").write_text(
-            json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8"
-        )
-    if code == 0:
-        console.print(f"[bold green]demo finished[/bold green] in {total:.0f}s "
-                      f"({', '.join(f'{k} {v:.0f}s' for k, v in seconds.items())}); summary in {logs / 'summary.json'}")  # fmt: skip
     return code
+
+
+DASHBOARD_PATH = "/ui"
+
+
+def _show_dashboard(
+    console: Console, port: int, token: str, logs: Path, procs: list[subprocess.Popen[bytes]], *, keep: bool
+) -> None:
+    """Print the dashboard's URL; with `keep`, hold the stack up until Ctrl-C (or SIGTERM, or one of its
+    processes exiting). The token goes to a 0600 file, never to the console or a log."""
+    url = f"http://127.0.0.1:{port}{DASHBOARD_PATH}"
+    if not keep:
+        console.print(f"dashboard: {url} (stopped with the demo: `mmdlm demo --keep` or "
+                      "`make demo ARGS=--keep` leaves the stack up for a look)", highlight=False)  # fmt: skip
+        return
+    token_file = logs / "token"
+    token_file.unlink(missing_ok=True)
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        console.print(f"[bold]dashboard:[/bold] {url}", highlight=False)
+        console.print(f"sign in with the demo user's token: `cat {token_file}`; the stack stays up until Ctrl-C",
+                      highlight=False)  # fmt: skip
+        while all(proc.poll() is None for proc in procs):
+            time.sleep(0.5)
+        console.print("[yellow]a demo process exited; stopping the stack[/yellow] (see its log in "
+                      f"{logs})", highlight=False)  # fmt: skip
+    except KeyboardInterrupt:
+        console.print("stopping the demo stack")
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -224,21 +224,27 @@ class CrossDiTSpec(StrictModel):
 
 
 class ImageMMDiTConfig(StrictModel):
-    """Text + image-patch MMDiT at toy scale (spec §6), on 8x8 sklearn digits by default."""
+    """Text + image MMDiT (spec §6, rebuilt): any square resolution, 1 (grey) or 3 (RGB) channels.
+
+    continuous: Gaussian diffusion on the pixels in [-1, 1], (S/p)^2 patch tokens of p x p x C pixels;
+    discrete: each channel of each pixel quantised to `levels` grey levels (uint8 u -> round(u (levels-1)
+    / 255)) under masked diffusion, the p x p x C levels of a patch read and predicted by one token.
+    Defaults fit the 8x8 sklearn digits."""
 
     variant: Literal["continuous", "discrete"] = "continuous"
     """continuous: Gaussian diffusion on pixels; discrete: pixels quantised to `levels` and masked."""
-    hidden_size: int = Field(default=128, ge=8)
-    n_blocks: int = Field(default=4, ge=1)
-    n_heads: int = Field(default=4, ge=1)
-    cond_dim: int = Field(default=128, ge=8)
-    max_seq_len: int = Field(default=8, ge=1)
+    hidden_size: int = Field(default=128, ge=8, le=4096)
+    n_blocks: int = Field(default=4, ge=1, le=64)
+    n_heads: int = Field(default=4, ge=1, le=64)
+    cond_dim: int = Field(default=128, ge=8, le=4096)
+    max_seq_len: int = Field(default=8, ge=1, le=1024)
     """Caption tokens (the digits' captions are at most 8 with BOS/EOS)."""
-    image_size: int = Field(default=8, ge=1)
-    patch_size: int = Field(default=2, ge=1)
-    channels: int = Field(default=1, ge=1)
-    levels: int = Field(default=17, ge=2)
-    """discrete variant: number of grey levels (sklearn digits use 0..16)."""
+    image_size: int = Field(default=8, ge=2, le=512)
+    patch_size: int = Field(default=2, ge=1, le=64)
+    """Side of a square patch: one image token per patch (both variants; discrete with 1: per pixel)."""
+    channels: Literal[1, 3] = 1
+    levels: int = Field(default=17, ge=2, le=256)
+    """discrete variant: grey levels per channel (17 keeps the sklearn digits' 0..16 exactly)."""
     qk_norm: bool = True
     time_scale: float = Field(default=1000.0, gt=0.0)
 
@@ -252,17 +258,51 @@ class ImageMMDiTConfig(StrictModel):
             raise ValueError(
                 f"model.hidden_size={self.hidden_size} not divisible by model.n_heads={self.n_heads}"
             )
+        if self.num_image_tokens > 16384:
+            raise ValueError(
+                f"model: {self.num_image_tokens} image tokens is too many (max 16384); use a larger "
+                "model.patch_size or a smaller model.image_size"
+            )
         return self
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Image-stream tokens of the network: one per patch."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_pixel_values(self) -> int:
+        """Values of one image: C * S * S (the discrete variant's pixel-token sequence length)."""
+        return self.channels * self.image_size**2
 
 
 class ImageObjectiveConfig(StrictModel):
+    """Per-sample modes as in the MMDiT objective (`t2l` = caption -> image, `l2t` = image -> caption).
+
+    Condition dropout for classifier-free guidance in both directions: with probability `text_dropout`
+    a caption -> image sample hides its caption, with `image_dropout` an image -> caption sample hides
+    its image (None: `cond_dropout`)."""
+
     mode: ObjectiveMode = "mixture"
     mode_probs: ModeProbs = Field(default_factory=ModeProbs)
     seed: int = 0
     cond_dropout: float = Field(default=0.1, ge=0.0, le=1.0)
+    text_dropout: float | None = Field(default=None, ge=0.0, le=1.0)
+    image_dropout: float | None = Field(default=None, ge=0.0, le=1.0)
     image_loss_weight: float = Field(default=1.0, ge=0.0)
     text: TextProcessConfig = Field(default_factory=TextProcessConfig)
     image: GaussianConfig = Field(default_factory=lambda: GaussianConfig(normalization="none"))
+    """continuous variant: the Gaussian process on pixels (schedule, eps / v / x0, min-SNR)."""
+    pixels: TextProcessConfig = Field(default_factory=TextProcessConfig)
+    """discrete variant: the masked process on pixel tokens."""
+
+    @property
+    def resolved_text_dropout(self) -> float:
+        return self.cond_dropout if self.text_dropout is None else self.text_dropout
+
+    @property
+    def resolved_image_dropout(self) -> float:
+        return self.cond_dropout if self.image_dropout is None else self.image_dropout
 
 
 class ImageMMDiTSpec(StrictModel):
@@ -324,3 +364,41 @@ class LatentEvalConfig(StrictModel):
 
     def round_trip_sample(self) -> LatentSampleConfig:
         return self.sample.guided(self.l2t_guidance_scale)
+
+
+class ImageSampleConfig(LatentSampleConfig):
+    """A generation request for `image-mmdit`: `t2l` draws images for captions (`latent_steps` image
+    steps), `l2t` captions for images (`text_steps`), `joint` both (`text_steps` steps for both chains).
+    Classifier-free guidance is set per direction; None falls back to `guidance_scale`."""
+
+    image_guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
+    """Guidance of caption -> image (t2l): images pushed towards their caption."""
+    text_guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
+    """Guidance of image -> caption (l2t): captions pushed towards their image."""
+
+    def scale_for(self, mode: str) -> float:
+        """The guidance scale of the direction `mode` generates (joint has no condition: 1)."""
+        if mode == "t2l":
+            return self.guidance_scale if self.image_guidance_scale is None else self.image_guidance_scale
+        if mode == "l2t":
+            return self.guidance_scale if self.text_guidance_scale is None else self.text_guidance_scale
+        return 1.0
+
+
+class ImageEvalConfig(StrictModel):
+    """How `mmdlm.eval.images.evaluate_images` scores an image model against the real validation split."""
+
+    num_images: int = Field(default=200, ge=2, le=10000)
+    """Validation rows used (capped at the split size): captions for t2i, images for i2t and the
+    Fréchet reference."""
+    sample: ImageSampleConfig = Field(
+        default_factory=lambda: ImageSampleConfig(text_steps=16, latent_steps=25, image_guidance_scale=2.0,
+                                                  text_guidance_scale=2.0)  # fmt: skip
+    )
+    """Sampler settings for both directions (its `mode` is set per metric)."""
+    classifier: Literal["mlp", "cnn"] = "mlp"
+    """The judge trained on the real train split: `mlp` (two hidden layers) or `cnn` (two conv layers)."""
+    classifier_epochs: int = Field(default=30, ge=1, le=1000)
+    classifier_max_train: int | None = Field(default=20000, ge=10)
+    """Train rows the classifier sees (evenly spread; None: all)."""
+    seed: int = 0

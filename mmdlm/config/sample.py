@@ -35,3 +35,7 @@ class SampleConfig(StrictModel):
     self_correction_tokens_per_step: int = Field(1, ge=1)
     self_correction_patience: int = Field(32, ge=1)
     seed: int = 0
+    compile: bool = False
+    """torch.compile the network forward the sampler calls (compiled once per model and reused; the first
+    call pays the compile time). Off by default: bench/families.py measured no stable win on CPU at the
+    issue-12 config (see docs/ARCHITECTURE.md, sampling speed); on CUDA it is worth trying for large batches."""

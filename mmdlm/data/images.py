@@ -8,6 +8,10 @@ digits, values 0..16), each captioned from its label ("a handwritten seven"), of
 The caption tokenizer is a word-level fast tokenizer ([PAD] [MASK] [BOS] [EOS] + caption words) saved in
 the cache, so a trained model folder carries it like any other. The validation split holds 10% of the
 images, chosen by a seeded hash of the image index (an image is a document here).
+
+Prepared image datasets (the `image-dataset` artifact format) live in `mmdlm.data.image_dataset` (format,
+writer, `ImageDataset` reader) and `mmdlm.data.image_prepare` (`prepare_images`); `open_image_dataset`
+below opens either a prepared folder or `"sklearn:digits"` (written once into the cache in that format).
 """
 
 from __future__ import annotations
@@ -19,8 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from mmdlm.data.image_dataset import ImageDataset, ImageManifest, ImageSplit
 from mmdlm.data.vocab import VocabInfo
 from mmdlm.paths import cache_dir
+
+__all__ = [
+    "DIGITS", "ImageDataset", "ImageManifest", "ImageSplit", "DigitsDataset", "open_image_dataset", "prepare_images",
+]  # fmt: skip
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TEMPLATES = ["a handwritten {}", "the digit {}", "a {} written by hand", "an image of a {}"]
@@ -103,7 +112,11 @@ class DigitsDataset:
         self.caption_ids = ids
 
     @classmethod
-    def open(cls, name: str = SOURCE, root: Path | None = None) -> DigitsDataset:
+    def open(cls, name: str = SOURCE, root: Path | None = None) -> Any:
+        """The in-memory digits for `"sklearn:digits"`; a prepared image-dataset folder opens as
+        `ImageDataset` (same interface)."""
+        if name != SOURCE and (Path(name) / "manifest.json").is_file():
+            return ImageDataset.open(name)
         if name != SOURCE:
             raise ValueError(f"unknown image dataset {name!r}; the toy image MMDiT reads {SOURCE!r}")
         root = root or _cache_root()
@@ -161,3 +174,51 @@ class DigitsSplit:
             "pixels": pixels,
             "label": self.data.labels[rows],
         }
+
+
+def prepare_images(*args: Any, **kwargs: Any) -> ImageManifest:
+    """`mmdlm.data.image_prepare.prepare_images` (imported lazily: it pulls in scikit-learn and Pillow)."""
+    from mmdlm.data.image_prepare import prepare_images as prepare
+
+    return prepare(*args, **kwargs)
+
+
+DIGITS_FOLDER = "digits-v1"
+
+
+def digits_image_dataset(root: Path | None = None) -> Path:
+    """The bundled digits as an image-dataset folder (8x8, 1 channel, caption_len 8, 10% validation by
+    the same seeded hash as DigitsDataset), written once under the cache and reused."""
+    import os
+    import shutil
+
+    from mmdlm.config.images import PrepareImagesConfig
+
+    base = root or cache_dir() / "image-datasets"
+    target = base / DIGITS_FOLDER
+    if not (target / "manifest.json").is_file():
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = base / f".{DIGITS_FOLDER}.build-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        config = PrepareImagesConfig(source={"type": "digits"}, caption_len=CAPTION_LEN, max_vocab=64)
+        prepare_images(config, tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: keep its folder
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def open_image_dataset(
+    name_or_dir: str | Path, *, levels: int | None = None, verify: bool = True
+) -> ImageDataset:
+    """A prepared image-dataset folder, or `"sklearn:digits"` (the digits in the same format, from the
+    cache); `levels` sets the grey levels of `pixels` (default: the manifest's, 17 for the digits)."""
+    if str(name_or_dir) == SOURCE:
+        return ImageDataset.open(digits_image_dataset(), levels=levels, verify=verify)
+    path = Path(name_or_dir)
+    if not (path / "manifest.json").is_file():
+        raise ValueError(
+            f"{name_or_dir!s} is neither {SOURCE!r} nor an image-dataset folder (a prepare-images artifact)"
+        )
+    return ImageDataset.open(path, levels=levels, verify=verify)

@@ -34,6 +34,7 @@ from mmdlm.diffusion.base import (
     sample_categorical,
     uniform,
 )
+from mmdlm.diffusion.fused import gidd_row_terms
 
 
 class GIDDProcess(DiscreteProcess):
@@ -118,42 +119,50 @@ class GIDDProcess(DiscreteProcess):
     def loss(
         self, logits: Tensor, x0: Tensor, zt: Tensor, t: Tensor, cluster_logits: Tensor | None = None
     ) -> TokenLoss:
+        """GIDD ELBO per token. The loss needs only four numbers per position: log x̂ at x and at z_t, the
+        normaliser, and S = sum_v log1p(alpha x̂_v / bp_other); `gidd_row_terms` computes them in one fused,
+        row-chunked pass (no (B, L, V) log q_t(. | x̂) tensor). The per-position algebra runs in float64."""
         N, m = self.N, self.layout.mask_id
         sched = self.schedule(t[:, None])  # (B, 1) float64
         w = self.weights(t[:, None])
-        log_x = torch.log_softmax(
-            logits.float().masked_fill(~self.text_mask(logits.device), float("-inf")), dim=-1
-        )[..., :N]
-        log_bp = torch.log(self._bp_vector(sched, N)).float()  # (B, 1, N)
-        log_alpha = torch.log(sched["alpha"]).float()[:, :, None]  # (B, 1, 1)
-        log_p = torch.logaddexp(log_alpha + log_x, log_bp)  # log q_t(z | x̂), (B, L, N)
+        alpha, bp_m, bp_o = sched["alpha"], sched["bp_mask"], sched["bp_other"]  # (B, 1) float64
+        log_alpha, log_bp_m, log_bp_o = alpha.log(), bp_m.log(), bp_o.log()
+        shape = x0.shape
+        k = (alpha / bp_o).expand(shape).reshape(-1).float()
+        log_x_x, log_x_z, s_sum = gidd_row_terms(
+            logits.reshape(-1, logits.shape[-1]),
+            x0.reshape(-1),
+            zt.clamp(max=N - 1).reshape(-1),
+            k,
+            self.text_mask(logits.device),
+        )
+        log_x_x, log_x_z, s_sum = (v.view(shape).double() for v in (log_x_x, log_x_z, s_sum))
 
-        alpha, bp_m, bp_o = (sched[k].float() for k in ("alpha", "bp_mask", "bp_other"))  # (B, 1)
         is_xm = x0 == m
         bp_x = torch.where(is_xm, bp_m, bp_o)  # bp_t(x), (B, L)
         q_x = alpha + bp_x
         # sum_z q log q, analytically: the x entry, then the mask column and the N - 2 other columns
-        n_other = (N - 1) - (~is_xm).float()  # non-mask columns other than x
-        q_log_q = q_x * q_x.log() + torch.where(is_xm, 0.0, bp_m * bp_m.log()) + n_other * bp_o * bp_o.log()
-        # sum_z q log p = sum_z bp(z) log p(z) + alpha log p(x)
-        log_p_x = log_p.gather(-1, x0[..., None]).squeeze(-1)
-        log_p_mask = log_p[..., m]
-        q_log_p = bp_o * (log_p.sum(-1) - log_p_mask) + bp_m * log_p_mask + alpha * log_p_x
+        n_other = (N - 1) - (~is_xm).double()  # non-mask columns other than x
+        q_log_q = q_x * q_x.log() + torch.where(is_xm, 0.0, bp_m * log_bp_m) + n_other * bp_o * log_bp_o
+        # sum_z q log p = sum_z bp(z) log p(z) + alpha log p(x), log p(z) = log(alpha x̂_z + bp(z)); x̂ is 0 at
+        # [MASK], and sum_{z != m} log p(z) = (N - 1) log bp_other + S
+        log_p_x = torch.logaddexp(log_alpha + log_x_x, bp_x.log())
+        q_log_p = bp_o * ((N - 1) * log_bp_o + s_sum) + bp_m * log_bp_m + alpha * log_p_x
         kl = (q_log_q - q_log_p).clamp(min=0.0)
 
         at_x = zt == x0
         at_m = zt == m
         bp_z = torch.where(at_m, bp_m, bp_o)
         log_q_z = torch.log(torch.where(at_x, alpha + bp_z, bp_z))
-        r = log_q_z - log_p.gather(-1, zt.clamp(max=N - 1)[..., None]).squeeze(-1)
+        r = log_q_z - torch.logaddexp(log_alpha + log_x_z, bp_z.log())
         corr = torch.expm1(r) - r
-        omega = torch.where(at_m, w["omega_mask"].float(), w["omega_other"].float())
+        omega = torch.where(at_m, w["omega_mask"], w["omega_other"])
         elbo_w = omega / torch.exp(log_q_z)
-        elbo = elbo_w * (kl + corr)
         loss_w = self._loss_weight(elbo_w, at_x, at_m, alpha)
+        kl, r, corr, elbo_w, loss_w = (v.float() for v in (kl, r, corr, elbo_w, loss_w))
         return TokenLoss(
             loss=loss_w * (kl + corr),
-            elbo=elbo,
+            elbo=elbo_w * (kl + corr),
             metrics={"kl_loss": loss_w * kl, "log_ratio": loss_w * r, "ratio_corr": loss_w * corr},
         )
 
@@ -171,17 +180,29 @@ class GIDDProcess(DiscreteProcess):
 
     # ----- reverse step -----
 
-    def _posterior_weights(self, x_hat: Tensor, zt: Tensor, t: float, s: float) -> Tensor:
-        """Unnormalised q(z_s | z_t, x̂) over the first N ids, (B, L, N) in x_hat's dtype (see `posterior`)."""
-        N, m, dtype = self.N, self.layout.mask_id, x_hat.dtype
+    def _step_coefficients(self, t: float, s: float) -> dict[str, float]:
+        """Scalars of the posterior q(z_s | z_t, x̂) (see `posterior`): alpha_{t|s}, bp_{t|s} at [MASK] and at
+        other ids, and alpha_s, bp_s at [MASK] and at other ids."""
         st = self.schedule(torch.tensor([[t]], dtype=torch.float64))
         ss = self.schedule(torch.tensor([[s]], dtype=torch.float64))
         a_ts = (st["alpha"] / ss["alpha"]).item()
         a_s, bpm_s, bpo_s = (ss[k].item() for k in ("alpha", "bp_mask", "bp_other"))
-        bp_ts_mask = max(st["bp_mask"].item() - a_ts * bpm_s, 0.0)
-        bp_ts_other = max(st["bp_other"].item() - a_ts * bpo_s, 0.0)
+        return {
+            "a_ts": a_ts,
+            "bp_ts_mask": max(st["bp_mask"].item() - a_ts * bpm_s, 0.0),
+            "bp_ts_other": max(st["bp_other"].item() - a_ts * bpo_s, 0.0),
+            "a_s": a_s,
+            "bp_s_mask": bpm_s,
+            "bp_s_other": bpo_s,
+        }
+
+    def _posterior_weights(self, x_hat: Tensor, zt: Tensor, t: float, s: float) -> Tensor:
+        """Unnormalised q(z_s | z_t, x̂) over the first N ids, (B, L, N) in x_hat's dtype (see `posterior`)."""
+        N, m, dtype = self.N, self.layout.mask_id, x_hat.dtype
+        co = self._step_coefficients(t, s)
+        a_ts, a_s, bpm_s, bpo_s = co["a_ts"], co["a_s"], co["bp_s_mask"], co["bp_s_other"]
         is_m = zt == m
-        lik_values = torch.tensor([bp_ts_other, bp_ts_mask], dtype=dtype, device=zt.device)
+        lik_values = torch.tensor([co["bp_ts_other"], co["bp_ts_mask"]], dtype=dtype, device=zt.device)
         lik = lik_values[is_m.long()][..., None]  # bp_{t|s}(z_t), (B, L, 1)
         x = x_hat[..., :N]
         # lik * q_s(v), q_s(v) = a_s x̂_v + bp_s(v), built in place on one (B, L, N) buffer
@@ -198,9 +219,24 @@ class GIDDProcess(DiscreteProcess):
 
         q(z_s = v | z_t) ∝ (alpha_{t|s} [v = z_t] + bp_{t|s}(z_t)) q_s(v | x̂),
         alpha_{t|s} = alpha_t / alpha_s,  bp_{t|s} = bp_t - alpha_{t|s} bp_s.
+
+        The dense reference of `reverse_step`, which draws from the same distribution without building it.
         """
         post = self._posterior_weights(x_hat, zt, t, s)
         return post / post.sum(dim=-1, keepdim=True)
+
+    def _x_hat_at(self, logits: Tensor, ids: Tensor, options: SamplingOptions) -> Tensor:
+        """x̂ at one id per row: logits (n, V_r), ids (n,) -> (n,) in options.dtype (equal to
+        `denoiser_probs(logits, text, options).gather(-1, ids)` up to rounding). Plain temperature sampling
+        needs only the row's log-normaliser; top-p / min-p / greedy build the truncated rows."""
+        text = self.text_mask(logits.device)
+        if options.temperature == 0 or options.top_p < 1 or options.min_p > 0:
+            return denoiser_probs(logits, text, options).gather(-1, ids[:, None]).squeeze(-1)
+        x = logits.float().masked_fill(~text, float("-inf"))
+        if options.temperature != 1:
+            x = x / options.temperature
+        lse = torch.logsumexp(x, dim=-1)
+        return torch.exp(x.gather(-1, ids[:, None]).squeeze(-1).to(options.dtype) - lse.to(options.dtype))
 
     def reverse_step(
         self,
@@ -212,10 +248,45 @@ class GIDDProcess(DiscreteProcess):
         options: SamplingOptions | None = None,
     ) -> Tensor:
         """Draw z_s from the exact posterior (spec §5.2); at s = 0 that is x̂ itself, so the last step of a
-        grid ending at 0 returns clean text (the original's last step was an identity, spec §11 bug 12)."""
+        grid ending at 0 returns clean text (the original's last step was an identity, spec §11 bug 12).
+
+        The posterior (see `posterior`) is a four-component mixture, so it is sampled without building it:
+            from x̂       mass bp_{t|s}(z_t) a_s                      draw v ~ x̂
+            [MASK]       mass bp_{t|s}(z_t) bp_s(m)                  z_s = m
+            uniform      mass bp_{t|s}(z_t) (N - 1) bp_s(other)      v uniform over the N - 1 non-mask ids
+            stay         mass a_{t|s} (a_s x̂_{z_t} + bp_s(z_t))      z_s = z_t
+        Only x̂ at z_t is needed for every position (for text z_t only; x̂ is 0 at [MASK]); full-vocabulary
+        work is done on the positions that draw from x̂. Weights and draws are in options.dtype."""
         options = options or SamplingOptions()
-        x_hat = denoiser_probs(logits, self.text_mask(logits.device), options)
-        return sample_categorical(self._posterior_weights(x_hat, zt, t, s), generator)
+        N, m, dtype = self.N, self.layout.mask_id, options.dtype
+        co = self._step_coefficients(t, s)
+        text = self.text_mask(logits.device)
+        is_m = zt == m
+        shape = tuple(zt.shape)
+        x_at_z = torch.zeros(shape, dtype=dtype, device=zt.device)
+        has_text = text[zt]
+        if bool(has_text.any()):
+            x_at_z[has_text] = self._x_hat_at(logits[has_text], zt[has_text], options)
+        lik = torch.where(is_m, co["bp_ts_mask"], co["bp_ts_other"]).to(dtype)  # bp_{t|s}(z_t)
+        bp_s_z = torch.where(is_m, co["bp_s_mask"], co["bp_s_other"]).to(dtype)
+        w_x = lik * co["a_s"]
+        w_m = lik * co["bp_s_mask"]
+        w_u = lik * ((N - 1) * co["bp_s_other"])
+        w_stay = co["a_ts"] * (co["a_s"] * x_at_z + bp_s_z)
+        total = w_x + w_m + w_u + w_stay
+        if bool((total <= 0).any()) or not bool(torch.isfinite(total).all()):
+            raise ValueError("GIDD reverse step: every position needs a positive, finite posterior mass")
+        u = uniform(shape, generator, zt.device, dtype) * total
+        from_x = u < w_x
+        to_mask = ~from_x & (u < w_x + w_m)
+        to_uniform = ~from_x & ~to_mask & (u < w_x + w_m + w_u)
+        k = (uniform(shape, generator, zt.device, torch.float64) * (N - 1)).long().clamp(max=N - 2)
+        zs = torch.where(to_uniform, k + (k >= m).long(), zt)  # uniform over the N - 1 non-mask ids
+        zs = torch.where(to_mask, torch.full_like(zt, m), zs)
+        if bool(from_x.any()):
+            probs = denoiser_probs(logits[from_x], text, options)  # (n, V_r)
+            zs[from_x] = sample_categorical(probs, generator)
+        return zs
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "p_uniform": self.config.p_uniform, "gamma": self.gamma}

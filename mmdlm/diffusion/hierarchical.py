@@ -38,6 +38,7 @@ from mmdlm.diffusion.base import (
     sample_categorical,
     uniform,
 )
+from mmdlm.diffusion.fused import cluster_row_terms
 
 
 def segment_logsumexp(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
@@ -191,15 +192,30 @@ class HierarchicalProcess(DiscreteProcess):
     ) -> TokenLoss:
         V, C, m = self.layout.vocab_size, self.C, self.layout.mask_id
         text = self.text_mask(logits.device)
-        log_x = torch.log_softmax(logits.float().masked_fill(~text, float("-inf")), dim=-1)
-        log_kt = self._log_k_theta(self._cluster_log_probs(log_x))  # (B, L, C)
         own = self.cluster_of(x0)  # (B, L)
         is_m = zt == m
         is_c = (zt >= V) & (zt < V + C)
         zc = (zt - V).clamp(0, C - 1)
-        log_x_x = log_x.gather(-1, x0[..., None]).squeeze(-1)
-        log_kt_own = log_kt.gather(-1, own[..., None]).squeeze(-1)
-        log_kt_z = log_kt.gather(-1, zc[..., None]).squeeze(-1)
+        if self.xi == 1.0:
+            # K_theta = P_c: each position needs one cluster's mass (its own at [MASK], z_t's at a cluster),
+            # computed fused per row without any (B, L, V) or (B, L, C) tensor
+            sel = torch.where(is_m, own, zc)
+            log_x_x, log_p_sel = cluster_row_terms(
+                logits.reshape(-1, logits.shape[-1]),
+                x0.reshape(-1),
+                sel.reshape(-1),
+                self._on("token_cluster", logits.device),
+                text,
+            )
+            log_x_x, log_kt_own = log_x_x.view(x0.shape), log_p_sel.view(x0.shape)
+            log_kt_z = log_kt_own
+            log_kt = None
+        else:
+            log_x = torch.log_softmax(logits.float().masked_fill(~text, float("-inf")), dim=-1)
+            log_kt = self._log_k_theta(self._cluster_log_probs(log_x))  # (B, L, C)
+            log_x_x = log_x.gather(-1, x0[..., None]).squeeze(-1)
+            log_kt_own = log_kt.gather(-1, own[..., None]).squeeze(-1)
+            log_kt_z = log_kt.gather(-1, zc[..., None]).squeeze(-1)
         zero = torch.zeros_like(log_x_x)
 
         # strict (exact) terms
@@ -207,6 +223,7 @@ class HierarchicalProcess(DiscreteProcess):
             clus_strict = -log_kt_own
             tok_strict = -(log_x_x - log_kt_z)
         else:
+            assert log_kt is not None
             xi, off = self.xi, self.off
             const = xi * math.log(xi) + (C - 1) * off * math.log(off)
             clus_strict = const - xi * log_kt_own - off * (log_kt.sum(-1) - log_kt_own)

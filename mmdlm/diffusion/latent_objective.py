@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mmdlm.config.latent import LatentConditionedObjective, LatentObjectiveConfig
+from mmdlm.config.latent import ImageObjectiveConfig, LatentConditionedObjective, LatentObjectiveConfig
 from mmdlm.diffusion.base import uniform
 from mmdlm.diffusion.gaussian import GaussianDiffusion
 from mmdlm.diffusion.masked import MaskedProcess
@@ -260,13 +260,22 @@ def _normalizer(model: nn.Module) -> nn.Module:
 class ImageMMDiTObjective(MMDiTObjective):
     """`Objective` of `image-mmdit`: caption (masked diffusion) + image, per-sample modes as above with
     the image in the latent's place (`t2l` = caption -> image, `l2t` = image -> caption). The image is
-    either continuous pixels under Gaussian diffusion or grey-level tokens under masked diffusion.
-    Batches: input_ids, attention_mask (B, L); image (B, C, S, S) in [-1, 1]; pixels (B, S*S) levels."""
+    either continuous pixels under Gaussian diffusion (eps / v / x0 target) or grey-level tokens under
+    masked diffusion (levels from `quantize`). Condition dropout per direction: a t2l sample hides its
+    caption with probability `text_dropout`, an l2t sample its image with `image_dropout`.
+    Batches: input_ids, attention_mask (B, L); image (B, C, S, S) float32 in [-1, 1]."""
 
-    def __init__(self, text: MaskedProcess, image: GaussianDiffusion | MaskedProcess, config) -> None:  # noqa: ANN001
+    def __init__(
+        self,
+        text: MaskedProcess,
+        image: GaussianDiffusion | MaskedProcess,
+        config: ImageObjectiveConfig,
+        levels: int = 256,
+    ) -> None:
         self.text = text
         self.image = image
         self.config = config
+        self.levels = levels
         self.probs = {config.mode: 1.0} if config.mode != "mixture" else config.mode_probs.normalized()
         self.probs = {m: self.probs.get(m, 0.0) for m in MODES}
         self._step = None
@@ -276,44 +285,58 @@ class ImageMMDiTObjective(MMDiTObjective):
     def continuous(self) -> bool:
         return isinstance(self.image, GaussianDiffusion)
 
+    def image_input(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The clean image stream: (B, C, S, S) floats (continuous) or (B, C*S*S) levels (discrete)."""
+        from mmdlm.models.image_mmdit import quantize
+
+        if "image" not in batch:
+            raise KeyError("batch must hold 'image' (B, C, S, S) float32 in [-1, 1]: train on an image dataset")
+        image = batch["image"].float()
+        return image if self.continuous else quantize(image, self.levels)
+
     def __call__(
         self, model: nn.Module, batch: Mapping[str, Tensor], generator: torch.Generator | None = None
     ) -> LossOutput:
         x0, mask = unpack_text(batch)
         B, device = x0.shape[0], x0.device
         modes = self._modes(B).to(device)
+        target = self.image_input(batch)
         t_text = torch.where(modes == T2L, 0.0, self.text.sample_times(B, generator, device))
         zt_text = _keep_padding(self.text.sample_zt(x0, t_text, generator), x0, mask)
-        if self.continuous:
-            target = batch["image"].float()
+        noise = None
+        if isinstance(self.image, GaussianDiffusion):
             t_img = torch.where(modes == L2T, 0.0, self.image.sample_times(B, device, generator, True))
             zt_img, noise = self.image.sample_zt(target, t_img, generator)
             zt_img = torch.where((modes == L2T)[:, None, None, None], target, zt_img)
         else:
-            target = batch["pixels"].long()
             t_img = torch.where(modes == L2T, 0.0, self.image.sample_times(B, generator, device))
             zt_img = self.image.sample_zt(target, t_img, generator)
-        drop = uniform((B,), generator, device) < self.config.cond_dropout
+        u = uniform((B,), generator, device)
+        drop_text = (modes == T2L) & (u < self.config.resolved_text_dropout)
+        drop_image = (modes == L2T) & (u < self.config.resolved_image_dropout)
         logits, out = model(
-            zt_text, zt_img, t_text, t_img, attention_mask=mask, drop_text=drop & (modes == T2L),
-            drop_image=drop & (modes == L2T),
-        )  # fmt: skip
+            zt_text, zt_img, t_text, t_img, attention_mask=mask, drop_text=drop_text, drop_image=drop_image
+        )
         text_rows = modes != T2L
         text_loss, elbo_sum, count = _text_terms(
             self.text, logits, x0, zt_text, t_text, mask & text_rows[:, None], self.config.text.loss_weighting
         )
         img_rows = modes != L2T
-        if self.continuous:
+        if noise is not None:
             per_sample = self.image.loss(out, target, noise, t_img)
         else:
             per_sample = self.image.loss(out, target, zt_img, t_img).elbo.float().mean(dim=1)
         img_loss = torch.where(img_rows, per_sample, 0.0).sum() / img_rows.sum().clamp(min=1)
         loss = text_loss + self.config.image_loss_weight * img_loss
+        # keep both heads in the graph on every step, so DDP needs no find_unused_parameters
         loss = loss + 0.0 * (logits.float().mean() + out.float().mean())
         metrics = {
             "text_loss": text_loss.detach(),
             "image_loss": img_loss.detach(),
             "elbo": (elbo_sum / count.clamp(min=1)).detach(),
+            "frac_joint": (modes == JOINT).float().mean(),
+            "frac_t2l": (modes == T2L).float().mean(),
+            "frac_l2t": (modes == L2T).float().mean(),
         }
         return LossOutput(loss=loss, metrics=metrics, num_tokens=mask.sum())
 
@@ -327,7 +350,7 @@ class ImageMMDiTObjective(MMDiTObjective):
     ) -> tuple[Tensor, Tensor]:
         """Caption NLL bound given the clean image, -log p(caption | image) (float64 (B,))."""
         x0, mask = unpack_text(batch)
-        image = batch["image"].float() if self.continuous else batch["pixels"].long()
+        image = self.image_input(batch)
         return _conditional_bound(
             self.text, x0, mask, num_samples, generator,
             lambda zt, t: model(zt, image, t, torch.zeros_like(t), attention_mask=mask)[0],

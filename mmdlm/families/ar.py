@@ -25,6 +25,7 @@ from mmdlm.data.vocab import VocabInfo
 from mmdlm.families import Built, LossOutput
 from mmdlm.models.ar import ARTransformer
 from mmdlm.sampling.ancestral import SampleOutput
+from mmdlm.sampling.generate import maybe_compile
 
 
 def shift_right(ids: Tensor, bos_id: int) -> Tensor:
@@ -75,6 +76,8 @@ def filter_probs(probs: Tensor, top_p: float | None, min_p: float | None) -> Ten
     top_p keeps the smallest set of most likely tokens whose mass reaches top_p (the most likely token is
     always kept); min_p keeps tokens with probability >= min_p * max probability (Nguyen et al., 2024).
     """
+    if (min_p is None or min_p <= 0) and (top_p is None or top_p >= 1):
+        return probs  # nothing to truncate: softmax output is already normalised
     if min_p is not None and min_p > 0:
         threshold = min_p * probs.amax(dim=-1, keepdim=True)
         probs = probs.masked_fill(probs < threshold, 0.0)
@@ -124,24 +127,35 @@ def sample_ar(
         start = torch.cat([start, prefix], dim=1)
     banned = torch.tensor([vocab.pad_id, vocab.mask_id], device=device)
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    dtype = torch.float64 if float64 else torch.float32
     was_training = model.training
     model.eval()
     cache = model.new_cache() if use_cache else None
-    seq, calls = start, 0
-    feed = seq
-    while seq.shape[1] < seq_len + 1:
+    # the whole output row is allocated once and filled column by column (no torch.cat per token)
+    seq = torch.empty(num_samples, seq_len + 1, dtype=torch.long, device=device)
+    seq[:, : start.shape[1]] = start
+    pos, calls = start.shape[1], 0
+    noise: Tensor | None = None  # Exp(1) draws, reused every step
+    while pos < seq_len + 1:
+        feed = seq[:, pos - 1 : pos] if use_cache and calls else seq[:, :pos]
         with amp:
-            logits = model(feed if use_cache else seq, cache=cache, last_only=True)[:, -1]  # (n, V)
+            logits = model(feed, cache=cache, last_only=True)[:, -1]  # (n, V)
         calls += 1
-        logits = logits.to(torch.float64 if float64 else torch.float32)
-        logits[:, banned] = -torch.inf
+        logits.index_fill_(-1, banned, -torch.inf)
         if temperature == 0:
             nxt = logits.argmax(dim=-1, keepdim=True)
         else:
-            probs = filter_probs(torch.softmax(logits / temperature, dim=-1), top_p, min_p)
-            nxt = torch.multinomial(probs, 1, generator=generator)
-        seq = torch.cat([seq, nxt], dim=1)
-        feed = nxt
+            if temperature != 1:  # divided in the sampling precision, as before
+                logits = logits.to(dtype) / temperature
+            probs = filter_probs(torch.softmax(logits, dim=-1, dtype=dtype), top_p, min_p)
+            # torch.multinomial(probs, 1) draws argmax(probs / E) with E ~ Exp(1); done here with a reused
+            # buffer and without multinomial's input checks (the same draws for the same generator)
+            if noise is None:
+                noise = torch.empty_like(probs)
+            noise.exponential_(generator=generator)
+            nxt = torch.div(probs, noise, out=noise).argmax(dim=-1, keepdim=True)
+        seq[:, pos : pos + 1] = nxt
+        pos += 1
     model.train(was_training)
     return seq[:, 1:], calls
 
@@ -184,7 +198,7 @@ class ARFamily:
             n = min(batch, config.num_samples - first)
             part = prompt_ids if prompt_ids is None or prompt_ids.ndim == 1 else prompt_ids[first : first + n]
             ids, c = sample_ar(
-                model,
+                maybe_compile(model, config.compile),
                 vocab,
                 num_samples=n,
                 seq_len=seq_len,

@@ -177,8 +177,11 @@ class ARTransformer(nn.Module):
             raise ValueError(
                 f"sequence of {start + T} positions exceeds model.max_seq_len={self.config.max_seq_len}"
             )
-        cos = self.rope_cos[start : start + T]
-        sin = self.rope_sin[start : start + T]
+        # cast the tables once per call to the dtype q and k will have (bf16 under autocast), not per block
+        kind = idx.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else self.rope_cos.dtype
+        cos = self.rope_cos[start : start + T].to(dtype)
+        sin = self.rope_sin[start : start + T].to(dtype)
         x = self.embed(idx)  # (B, T, d)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, cache, i, start)
@@ -187,3 +190,53 @@ class ARTransformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.head(self.norm(x))
+
+
+def to_hf_llama(model: ARTransformer) -> nn.Module:
+    """The same network as a Hugging Face `LlamaForCausalLM` (weights copied), for `generate` comparisons.
+
+    The layouts coincide (RMSNorm, rotate-half rotary, SwiGLU, no biases, untied head); only the fused qkv
+    matrix is split. Needs `transformers`, imported here so the library does not depend on it otherwise.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = model.config
+    hf_config = LlamaConfig(
+        vocab_size=model.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=round(cfg.mlp_ratio * cfg.hidden_size),
+        num_hidden_layers=cfg.n_blocks,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_heads,
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_base,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+    )
+    hf = LlamaForCausalLM(hf_config)
+    d = cfg.hidden_size
+    state = {
+        "model.embed_tokens.weight": model.embed.weight,
+        "model.norm.weight": model.norm.weight,
+        "lm_head.weight": model.head.weight,
+    }
+    for i, block in enumerate(model.blocks):
+        p = f"model.layers.{i}."
+        q, k, v = block.attn.qkv.weight.split(d, dim=0)
+        state |= {
+            p + "self_attn.q_proj.weight": q,
+            p + "self_attn.k_proj.weight": k,
+            p + "self_attn.v_proj.weight": v,
+            p + "self_attn.o_proj.weight": block.attn.out.weight,
+            p + "mlp.gate_proj.weight": block.mlp.gate.weight,
+            p + "mlp.up_proj.weight": block.mlp.up.weight,
+            p + "mlp.down_proj.weight": block.mlp.down.weight,
+            p + "input_layernorm.weight": block.norm1.weight,
+            p + "post_attention_layernorm.weight": block.norm2.weight,
+        }
+    missing, unexpected = hf.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=False)
+    if unexpected or [k for k in missing if "rotary" not in k]:
+        raise RuntimeError(f"weight mapping mismatch: missing {missing}, unexpected {unexpected}")
+    return hf.to(next(model.parameters()).device).eval()

@@ -9,6 +9,7 @@ Given positions are never changed by any step. Both may be combined (the prompt 
 from __future__ import annotations
 
 import time
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +76,22 @@ def initial_state(
     return z, (fixed if bool(fixed.any()) else None)
 
 
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+
+
+def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
+    """`torch.compile(model)` when `enabled`, made once per model and reused, so only the first sampling call
+    of a process pays the compile; the raw model otherwise. Attribute access, eval() and parameters pass
+    through the compiled wrapper to the model."""
+    if not enabled:
+        return model
+    compiled = _COMPILED.get(model)
+    if compiled is None:
+        compiled = torch.compile(model)
+        _COMPILED[model] = compiled
+    return compiled
+
+
 def _rows(t: Tensor | None, start: int, stop: int) -> Tensor | None:
     if t is None or t.dim() == 1:
         return t
@@ -102,7 +119,8 @@ def generate(
     if generator is None:
         generator = torch.Generator().manual_seed(config.seed)
     options = SamplingOptions(config.temperature, config.top_p, config.min_p, config.float64)
-    sampler = AncestralSampler(model, process, config.steps, options, cached=config.cached)
+    net = maybe_compile(model, config.compile)
+    sampler = AncestralSampler(net, process, config.steps, options, cached=config.cached)
     batch = min(config.batch_size or config.num_samples, config.num_samples)
     was_training = model.training
     model.eval()
@@ -124,7 +142,7 @@ def generate(
             nfe += calls
             if config.self_correction_steps > 0:
                 result = self_correct(
-                    model,
+                    net,
                     process,
                     tokens,
                     steps=config.self_correction_steps,

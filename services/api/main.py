@@ -11,12 +11,16 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI
 
 import mmdlm
 from services.api.observability import MetricsMiddleware
 from services.api.routes import artifacts, events, generate, health, job_priority, jobs, models
 from services.api.routes import kinds as kinds_routes
+from services.api.routes import metrics as metrics_routes
+from services.api.routes import system as system_routes
+from services.api.routes import ui as ui_routes
 from services.api.schemas import job_create_type
 from services.api.state import AppState
 from services.common import http_errors as errors
@@ -55,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logger.info("mmdlm API ready: kinds %s, store %s", ", ".join(sorted(kinds)), state.store.describe())
         yield
         await generate.close_client(app)
+        await state.reads.close()
+        await to_thread.run_sync(state.wakeups.close)
         state.celery.close()
         state.db.engine.dispose()
 
@@ -73,8 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.build_router(kinds, job_create_type(kinds)), responses=v1)
     app.include_router(job_priority.router, responses=v1)
     app.include_router(events.router, responses=v1)
+    app.include_router(metrics_routes.router, responses=v1)
     app.include_router(artifacts.router, responses=v1)
     app.include_router(kinds_routes.router, responses=v1)
     app.include_router(generate.router, responses=v1)
     app.include_router(models.router, responses=v1)
+    app.include_router(system_routes.router, responses=v1)
+    app.include_router(ui_routes.router)  # the dashboard at /ui: static files, data from /v1
     return app

@@ -159,14 +159,18 @@ class ArtifactsPublic(BaseModel):
 class MetricSeries(BaseModel):
     steps: list[int]
     values: list[float | None]
+    count: int = Field(default=0, description="points stored for this name (from `since_step`)")
+    downsampled: bool = Field(default=False, description="`steps` is a subset that keeps the extremes")
 
 
 class MetricsPublic(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "job_id": JOB_EXAMPLE["id"], "series": {"loss": {"steps": [10, 20], "values": [5.1, 4.7]}}}]})  # fmt: skip
+        "job_id": JOB_EXAMPLE["id"], "max_points": None,
+        "series": {"loss": {"steps": [10, 20], "values": [5.1, 4.7], "count": 2, "downsampled": False}}}]})  # fmt: skip
 
     job_id: str
     series: dict[str, MetricSeries] = Field(description="metric name -> columns, ordered by step")
+    max_points: int | None = Field(default=None, description="the points asked for per series, if any")
 
 
 class EventPublic(BaseModel):
@@ -198,3 +202,89 @@ class KindPublic(BaseModel):
 
 def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+# --- dashboard views: system, dataset manifest ------------------------------------------------------------
+
+SYSTEM_EXAMPLE: dict[str, Any] = {
+    "versions": {"mmdlm": "0.1.0", "python": "3.12.3", "torch": "2.5.1", "fastapi": "0.120.0"},
+    "backends": {"database": "postgresql", "broker": "redis", "store": "s3"},
+    "queues": [{"name": "train", "queued": 2, "retrying": 0, "running": 1}],
+    "running_jobs": 1, "you": {"queued": 1, "retrying": 0, "running": 1}, "window_s": 3600,
+    "workers": [{"name": "host-1:4242", "last_seen": "2026-01-01T10:02:00Z", "running": 1, "jobs": 3}],
+}  # fmt: skip
+
+
+class QueueState(BaseModel):
+    name: str
+    queued: int
+    retrying: int
+    running: int
+
+
+class WorkerSeen(BaseModel):
+    name: str = Field(description="host:pid of the worker process (from its job leases)")
+    last_seen: datetime = Field(description="its newest job heartbeat")
+    running: int = Field(description="jobs it holds now")
+    jobs: int = Field(description="jobs it heartbeated within the window")
+
+
+class SystemPublic(BaseModel):
+    """Aggregates over every user's jobs (counts and worker names only: no job of another user)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [SYSTEM_EXAMPLE]})
+
+    versions: dict[str, str | None]
+    backends: dict[str, str]
+    queues: list[QueueState]
+    running_jobs: int
+    you: dict[str, int] = Field(description="the caller's own waiting and running jobs")
+    window_s: int = Field(description="workers seen = a job heartbeat within this many seconds")
+    workers: list[WorkerSeen]
+
+
+MANIFEST_EXAMPLE: dict[str, Any] = {
+    "artifact_id": ARTIFACT_EXAMPLE["id"], "kind": "dataset", "format": "mmdlm.tokens/v1", "seq_len": 128,
+    "tokenizer": {"kind": "bpe", "name": "bpe-2048", "vocab_size": 2048},
+    "splits": {"train": {"documents": 900, "tokens": 250000, "rows": 1950, "shards": 1}},
+    "latent": None, "source": {"type": "bundled"}, "manifest": {"format": "mmdlm.tokens/v1"},
+}  # fmt: skip
+
+
+class LatentStatsPublic(BaseModel):
+    split: str
+    count: int
+    mean_norm: float | None
+    mean: list[float | None]
+    std: list[float | None]
+
+
+class LatentView(BaseModel):
+    dim: int
+    role: str | None
+    encoder: dict[str, Any]
+    unit_norm: bool | None
+    stats: LatentStatsPublic | None
+
+
+class SplitView(BaseModel):
+    documents: int | None = None
+    tokens: int | None = None
+    rows: int | None = None
+    shards: int | None = None
+
+
+class ManifestPublic(BaseModel):
+    """What a datasets page shows of an artifact's manifest.json."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [MANIFEST_EXAMPLE]})
+
+    artifact_id: str
+    kind: str
+    format: str | None
+    seq_len: int | None
+    tokenizer: dict[str, Any] | None
+    splits: dict[str, SplitView]
+    latent: LatentView | None
+    source: dict[str, Any] | None
+    manifest: dict[str, Any] = Field(description="manifest.json without its per-file and per-shard lists")

@@ -15,12 +15,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, select
+from sqlalchemy import Connection, Row, String, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from services.common.auth import Principal
+from services.common.db import Database
 from services.common.errors import FieldError
-from services.common.models import Artifact, Job, JobEvent, Metric
+from services.common.models import (
+    Artifact,
+    Job,
+    JobEvent,
+    JobStatus,
+    JsonType,
+    Metric,
+    UTCDateTime,
+    new_id,
+    utcnow,
+)
 
 _jobs = Job.__table__
 _OWNED_JOB = select(Job).where(Job.id == bindparam("job_id"), Job.owner_id == bindparam("owner_id"))
@@ -48,6 +59,63 @@ _ARTIFACT_IDS = (
 _OWNED_ARTIFACT = select(Artifact).where(
     Artifact.id == bindparam("artifact_id"), Artifact.owner_id == bindparam("owner_id")
 )
+
+
+# A new job and its first `state` event: built once; on PostgreSQL ONE statement (the event inserted from
+# the job insert's RETURNING in a CTE), so in autocommit it is one round trip and still atomic.
+_NEW_JOB_COLUMNS = (
+    "id", "owner_id", "kind", "queue", "spec", "status", "priority", "attempt", "max_attempts",
+    "cancel_requested", "available_at", "enqueued_at", "created_at", "updated_at",
+)  # fmt: skip
+_INSERT_JOB = insert(_jobs).values({name: bindparam(name) for name in _NEW_JOB_COLUMNS})
+_INSERT_EVENT = insert(JobEvent.__table__).values(
+    job_id=bindparam("event_job_id"), type=bindparam("event_type"), data=bindparam("event_data"),
+    created_at=bindparam("event_at"),
+)  # fmt: skip
+_new_job = _INSERT_JOB.returning(_jobs.c.id).cte("new_job")
+_INSERT_JOB_AND_EVENT = insert(JobEvent.__table__).from_select(
+    ["job_id", "type", "data", "created_at"],
+    select(
+        _new_job.c.id,
+        bindparam("event_type", type_=String()),
+        bindparam("event_data", type_=JsonType),
+        bindparam("created_at", type_=UTCDateTime()),
+    ),
+)
+
+
+def insert_job(
+    db: Database,
+    *,
+    owner_id: int,
+    kind: str,
+    queue: str,
+    spec: dict[str, Any],
+    priority: int = 0,
+    max_attempts: int = 3,
+) -> Job:
+    """Store a queued job and its first state event, as `lifecycle.create_job` does, without the ORM's
+    unit of work (the submit hot path). On PostgreSQL one statement in autocommit does both rows (one
+    round trip, atomic); elsewhere both run in one transaction. Returns the job
+    as a detached `Job` (for `JobPublic.of`); its wake-up is published by the caller afterwards."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "id": new_id(), "owner_id": owner_id, "kind": kind, "queue": queue, "spec": spec,
+        "status": JobStatus.queued.value, "priority": priority, "attempt": 0, "max_attempts": max_attempts,
+        "cancel_requested": False, "available_at": now,
+        # counted as dispatched from the start, as in lifecycle.create_job: the caller clears it if the
+        # publish fails, and the sweeper republishes a wake-up that stays unconsumed
+        "enqueued_at": now, "created_at": now, "updated_at": now,
+    }  # fmt: skip
+    event = {"event_type": "state", "event_data": {"status": JobStatus.queued.value}}
+    if db.dialect == "postgresql":
+        with db.autocommit() as conn:
+            conn.execute(_INSERT_JOB_AND_EVENT, {**values, **event})
+    else:
+        with db.engine.begin() as conn:
+            conn.execute(_INSERT_JOB, values)
+            conn.execute(_INSERT_EVENT, {"event_job_id": values["id"], "event_at": now, **event})
+    return Job(**values)
 
 
 def _job_list_statements(with_status: bool, with_kind: bool) -> tuple[Any, Any]:
@@ -79,10 +147,22 @@ def get_job_with_artifacts(
 ) -> tuple[Row[Any], list[str]] | None:
     """The job (a row shaped like `Job`) and the ids of the artifacts it produced, in ONE query (the
     status hot path)."""
-    rows = conn.execute(_JOB_WITH_ARTIFACTS, {"job_id": job_id, "owner_id": owner_id}).all()
+    return job_with_artifacts_of(conn.execute(_JOB_WITH_ARTIFACTS, {"job_id": job_id, "owner_id": owner_id}).all())
+
+
+def job_with_artifacts_of(rows: Sequence[Any]) -> tuple[Any, list[str]] | None:
+    """`get_job_with_artifacts`'s answer from the rows of `JOB_WITH_ARTIFACTS` (any executor)."""
     if not rows:
         return None
     return rows[0], [row.artifact_id for row in rows if row.artifact_id is not None]
+
+
+JOB_WITH_ARTIFACTS = _JOB_WITH_ARTIFACTS
+JOB_STATUS = _JOB_STATUS
+OWNED_JOB_STATUS = _OWNED_JOB_STATUS
+EVENTS_AFTER = _EVENTS_AFTER
+"""The prebuilt hot statements, for executors other than a SQLAlchemy connection (the gateway's
+event-loop reads, services.api.loopdb); parameters as in the functions that run them here."""
 
 
 def job_status(conn: Connection | Session, job_id: str, owner_id: int | None = None) -> str | None:
@@ -196,3 +276,63 @@ def require_artifact(
             field, f"artifact {artifact_id!r} is a {artifact.kind!r} artifact, expected {kind!r}"
         )
     return artifact
+
+
+# --- dashboard reads (metric columns, system view) --------------------------------------------------------
+
+
+def job_metric_columns(
+    conn: Connection | Session,
+    job_id: str,
+    *,
+    names: Sequence[str] = (),
+    since_step: int | None = None,
+    limit: int = 100_000,
+) -> list[Row[Any]]:
+    """(name, step, value) rows of a job's metrics ordered by name then step, at most `limit`: Core rows,
+    not ORM objects (loading 100,000 `Metric` instances cost most of a curve's read)."""
+    filters = [Metric.job_id == job_id]
+    if names:
+        filters.append(Metric.name.in_(list(names)))
+    if since_step is not None:
+        filters.append(Metric.step >= since_step)
+    query = (
+        select(Metric.name, Metric.step, Metric.value)
+        .where(*filters)
+        .order_by(Metric.name, Metric.step, Metric.id)
+        .limit(limit)
+    )
+    return list(conn.execute(query).all())
+
+
+def count_jobs_by_queue(conn: Connection | Session, statuses: Sequence[str]) -> dict[tuple[str, str], int]:
+    """{(queue, status): jobs} over every user's jobs in `statuses` (served by ix_jobs_claim)."""
+    rows = conn.execute(
+        select(Job.queue, Job.status, func.count())
+        .where(Job.status.in_(list(statuses)))
+        .group_by(Job.queue, Job.status)
+    ).all()
+    return {(queue, status): int(n) for queue, status, n in rows}
+
+
+def count_owner_jobs(conn: Connection | Session, owner_id: int, statuses: Sequence[str]) -> dict[str, int]:
+    """{status: jobs} of one user's jobs in `statuses`."""
+    rows = conn.execute(
+        select(Job.status, func.count())
+        .where(Job.owner_id == owner_id, Job.status.in_(list(statuses)))
+        .group_by(Job.status)
+    ).all()
+    return {status: int(n) for status, n in rows}
+
+
+def recent_leases(conn: Connection | Session, since: Any, limit: int = 5000) -> list[Row[Any]]:
+    """(lease_owner, status, heartbeat_at) of jobs whose worker heartbeat is newer than `since`: the
+    workers the platform has seen lately, from what the lease protocol already records (no broker call)."""
+    return list(
+        conn.execute(
+            select(Job.lease_owner, Job.status, Job.heartbeat_at)
+            .where(Job.lease_owner.is_not(None), Job.heartbeat_at >= since)
+            .order_by(Job.heartbeat_at.desc())
+            .limit(limit)
+        ).all()
+    )

@@ -166,6 +166,11 @@ class Database:
         """A Core connection in autocommit mode for read-only hot paths (`crud`'s prebuilt queries):
         one round trip per statement and no ORM bookkeeping. Use as `with db.read() as conn:`;
         never write through it."""
+        return self.autocommit()
+
+    def autocommit(self) -> Connection:
+        """A Core connection in autocommit mode: each statement commits on its own (one round trip),
+        `with conn.begin():` groups several. For reads (`read()`) and single-statement writes."""
         engine = self._autocommit.get(os.getpid())
         if engine is None:
             engine = self._autocommit[os.getpid()] = self.engine.execution_options(

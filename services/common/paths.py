@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from mmdlm.config.data import FolderSource, HFSource, PretrainedTokenizerConfig
 from mmdlm.config.eval import GenerativeEvalConfig
+from mmdlm.config.images import IdxImageSource, ImageFolderSource
 from mmdlm.config.latent import EncoderConfig
 from mmdlm.confine import PathNotAllowed, PathRoots
 from services.common.errors import FieldError
@@ -92,7 +93,7 @@ def check_spec_paths(spec: BaseModel, roots: PathRoots) -> None:
     """
     try:
         for prefix, model in _walk(spec, ""):
-            if isinstance(model, FolderSource):
+            if isinstance(model, (FolderSource, ImageFolderSource, IdxImageSource)):
                 roots.folder(model.path, _field(prefix, "path"))
             elif isinstance(model, HFSource):
                 roots.model_ref(model.name, _field(prefix, "name"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from mmdlm.config.data import PrepareDataConfig
+from mmdlm.config.images import PrepareImagesConfig
 from services.common.kinds import JobKind, register
 from services.common.paths import check_user_paths
 
@@ -39,6 +40,33 @@ PREPARE_DATA = register(
         # trying again cannot help.
         permanent_errors=(ValueError, FileNotFoundError, NotADirectoryError, ModuleNotFoundError),
         description="Tokenize a corpus into a `dataset` artifact (token shards + tokenizer + manifest).",
+    )
+)
+
+
+class PrepareImagesSpec(PrepareImagesConfig):
+    """`kind: prepare-images` + the fields of `PrepareImagesConfig` (source, resolution, channels, ...)."""
+
+    kind: Literal["prepare-images"] = "prepare-images"
+
+    def to_config(self) -> PrepareImagesConfig:
+        return PrepareImagesConfig.model_validate(self.model_dump(exclude={"kind"}))
+
+
+PREPARE_IMAGES = register(
+    JobKind(
+        name="prepare-images",
+        spec=PrepareImagesSpec,
+        queue="encode",
+        runner="services.encoder.prepare:run_images",
+        check=check,  # type: ignore[arg-type]
+        # bad captions files, too few images, `on_bad_image: refuse`, a missing sklearn: retrying cannot help
+        permanent_errors=(ValueError, FileNotFoundError, NotADirectoryError, ModuleNotFoundError),
+        description=(
+            "Turn a folder of captioned images (JSONL or COCO captions; any size or mode, resized and centre-"
+            "cropped), a folder of MNIST-format IDX files, or the bundled digits into an `image-dataset` artifact (uint8 pixels, caption tokenizer, "
+            "manifest with checksums and the bad images skipped by name)."
+        ),
     )
 )
 

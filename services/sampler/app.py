@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -98,12 +99,14 @@ UserDep = Annotated[Principal, Depends(current_user)]
 def create_app(settings: Settings | None = None, config: SamplerSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
     config = config or get_sampler_settings()
-    service = SamplerService(
-        settings, config, Database(settings.database_url, pool_size=4), open_store(settings)
-    )
+    # As the gateway (services.common.db): no per-checkout ping (connections are recycled instead), and
+    # the threadpool capped at the pool size so that no thread waits for (or churns) a connection.
+    db = Database(settings.database_url, pool_size=settings.db_pool_size, pre_ping=False)
+    service = SamplerService(settings, config, db, open_store(settings))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        to_thread.current_default_thread_limiter().total_tokens = db.pool_size
         logger.info("mmdlm sampler ready on %s: cache %d bytes, batching %s (window %.1f ms, %d rows)",
                     service.device, config.cache_bytes, config.batching, config.batch_window_ms,
                     config.max_batch_rows)  # fmt: skip

@@ -62,6 +62,14 @@ class LoadedModel:
     def latent_dim(self) -> int | None:
         return getattr(self.pipe.model.config, "latent_dim", None) if self.kind == "latent" else None
 
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        """Image models: (channels, image_size); None otherwise."""
+        if self.kind != "image":
+            return None
+        config = self.pipe.model.config
+        return int(config.channels), int(config.image_size)  # type: ignore[union-attr]
+
     def tokenize(self, text: str) -> list[int]:
         """Text ids without special tokens; special-token strings in the text stay plain text."""
         from mmdlm.data.tokenizers import TextEncoder
@@ -81,6 +89,11 @@ class LoadedModel:
             "max_seq_len": self.max_seq_len,
             "context": self.context,
             "latent_dim": self.latent_dim,
+            **(
+                {"channels": self.image_shape[0], "image_size": self.image_shape[1]}
+                if self.image_shape
+                else {}
+            ),
             "device": str(self.pipe.device),
             "loaded_at": int(self.loaded_at),
         }

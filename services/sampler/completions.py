@@ -73,6 +73,10 @@ def build_jobs(service: SamplerService, model: LoadedModel, req: CompletionReque
     """Validate every prompt and build its job (runs in a thread: tokenizing may be slow)."""
     from services.sampler.resolve import check_ids
 
+    if model.kind == "image":
+        raise RequestError(
+            "model", f"{model.artifact_id} is an image model ({model.family}); use POST /v1/generate (t2i / i2t / joint)"
+        )  # fmt: skip
     params = SamplingParams.model_validate(req.model_dump(include=set(SamplingParams.model_fields)))
     bos = model.pipe.vocab.bos_id
     prompts = req.prompts()

@@ -13,7 +13,8 @@ models on CPU; on GPU, kernels chosen by batch size may change the last bits of 
     jobs   per request: its rows, conditioning (prompt / infill / latent / text), settings and seed
     batch  requests with the same model, mode, length and settings (`batch_key`) run together
     family discrete (mdlm/gidd/hdlm): batched ancestral steps; ar: batched KV-cache decoding;
-           latent (mmdit/latent-dit/cross-dit): one request after the other through the family sampler
+           latent (mmdit/latent-dit/cross-dit) and image (image-mmdit): one request after the other
+           through the family sampler
 
 `on_state(step, tokens)` callbacks (per job) receive the current (n, L) tokens after each step, for the
 streaming endpoints; they run in the sampling thread and must be quick.
@@ -64,6 +65,8 @@ class GenJob:
     text_ids: Tensor | None = None
     text_mask: Tensor | None = None
     lengths: Tensor | None = None
+    images: Tensor | None = None
+    """i2t: the image to caption, (rows, C, S, S) float in [-1, 1]."""
     given: int = 0
     """Positions per row that are given (prompt, infill text, or the whole row for t2l), not generated."""
     on_state: StateFn | None = None
@@ -79,6 +82,7 @@ class GenOutput:
     batch_requests: int = 1
     batch_rows: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    images: Tensor | None = None  # image models, t2i / joint: (rows, C, S, S) float in [-1, 1]
 
 
 def sample_config(job: GenJob) -> SampleConfig:
@@ -144,12 +148,15 @@ def run_batch(pipe: Pipeline, jobs: list[GenJob]) -> list[GenOutput]:
             outputs = _discrete(pipe, jobs)
         elif kind == "ar":
             outputs = _ar(pipe, jobs)
+        elif kind == "image":
+            outputs = [_image(pipe, job) for job in jobs]
         else:
             outputs = [_latent(pipe, job) for job in jobs]
     rows = sum(j.rows for j in jobs)
+    alone = kind in ("latent", "image")  # one request after the other through the family sampler
     for out in outputs:
-        out.batch_requests = len(jobs) if kind != "latent" else 1
-        out.batch_rows = rows if kind != "latent" else out.tokens.shape[0]
+        out.batch_requests = 1 if alone else len(jobs)
+        out.batch_rows = out.tokens.shape[0] if alone else rows
     return outputs
 
 
@@ -318,6 +325,29 @@ def _latent(pipe: Pipeline, job: GenJob) -> GenOutput:
     return GenOutput(
         tokens=out.tokens, latents=out.latents, nfe=out.nfe, steps=out.steps, elapsed_s=time.perf_counter() - start,
         extra={"protocol": getattr(out, "protocol", None)},
+    )  # fmt: skip
+
+
+# --- image models --------------------------------------------------------------------------------------------
+
+IMAGE_MODES = {"t2i": "t2l", "i2t": "l2t", "joint": "joint"}
+"""Service mode -> the image family's mode (it names the image the "latent")."""
+
+
+def _image(pipe: Pipeline, job: GenJob) -> GenOutput:
+    """One image-model request through the family sampler: images for a caption (t2i), captions for an
+    image (i2t), or both (joint); the request's own generator, seeded with its seed."""
+    family = get_family(pipe.family)
+    cfg = latent_config(job).model_copy(update={"mode": IMAGE_MODES[job.mode]})
+    generator = torch.Generator().manual_seed(job.seed)
+    start = time.perf_counter()
+    out = family.generate(  # type: ignore[attr-defined]
+        pipe.built, cfg, text_ids=job.text_ids, text_mask=job.text_mask, images=job.images, generator=generator,
+    )  # fmt: skip
+    images = out.latents if job.mode in ("t2i", "joint") else None
+    return GenOutput(
+        tokens=out.tokens, latents=None, nfe=out.nfe, steps=out.steps, elapsed_s=time.perf_counter() - start,
+        extra={"protocol": getattr(out, "protocol", None)}, images=None if images is None else images.float().cpu(),
     )  # fmt: skip
 
 

@@ -3,6 +3,8 @@
     token families   mmdlm.eval.evaluate.evaluate (NLL, generative PPL + entropy, data reference, sweep)
     latent families  mmdlm.eval.likelihood.nll_sums on the latent split (text NLL given the clean latent),
                      `evaluate` for generative PPL, mmdlm.eval.latent for t2l cosine, l2t round trip, STS
+    image models     mmdlm.eval.images on the image-dataset: t2i accuracy (classifier ceiling, unconditional
+                     baseline), Fréchet distance on the classifier's features, i2t caption accuracy
 
 Results: job metrics at step 0 (flat names such as `val_ppl`, `gen_ppl`, `gen_entropy`; the sweep also as
 series `sweep_gen_ppl` / `sweep_entropy` over the step count) and an `evaluation` artifact (one JSON file)
@@ -63,7 +65,11 @@ def run(ctx: JobContext) -> None:
         done += 1
 
     started = time.perf_counter()
-    if kind == "latent":
+    images: dict[str, Any] = {}
+    if kind == "image":
+        report, latent = EvalReport(), {}
+        images = _image_family(spec, pipe, data_dir, phase)
+    elif kind == "latent":
         report, latent = _latent_family(ctx, spec, pipe, data_dir, phase)
     else:
         phase(" + ".join(phases))
@@ -71,14 +77,14 @@ def run(ctx: JobContext) -> None:
         latent = {}
     ctx.progress(len(phases), len(phases), "publishing")
     payload = _localize(
-        {"report": report.to_dict(), "latent": latent},
+        {"report": report.to_dict(), "latent": latent, "images": images},
         {
             str(model_dir): f"artifact:{spec.model}",
             **({str(data_dir): f"artifact:{spec.dataset}"} if data_dir else {}),
         },
     )
-    summary = summarize(payload["report"], payload["latent"])
-    protocols = protocol_groups(payload["report"], payload["latent"])
+    summary = summarize(payload["report"], payload["latent"], payload["images"])
+    protocols = protocol_groups(payload["report"], payload["latent"], payload["images"])
     ctx.metrics(0, summary)
     for row in payload["report"].get("sweep", {}).get("rows", []):
         steps = row["protocol"]["sampling_steps"]
@@ -99,6 +105,10 @@ def run(ctx: JobContext) -> None:
 
 
 def _phases(spec: EvaluateSpec, kind: str, family: str, has_data: bool) -> list[str]:
+    if kind == "image":
+        wanted = set(spec.images.metrics) if spec.images else set()
+        names = ["classifier", "t2i"] if wanted & {"t2i", "frechet"} else []
+        return [*names, *(["i2t"] if "i2t" in wanted else [])] or ["nothing to do"]
     if kind != "latent":
         return ["nll + generative"]
     names = []
@@ -156,6 +166,44 @@ def _latent_family(
     return report, latent
 
 
+def _image_family(spec: EvaluateSpec, pipe: Pipeline, data_dir: Path | None, phase: Any) -> dict[str, Any]:
+    """`mmdlm.eval.images` on the staged image-dataset: the judge, then t2i (+ Fréchet on the same images)
+    and i2t; the generated images themselves are left out of the document (sample jobs write PNGs)."""
+    from mmdlm.eval import images as image_eval
+    from mmdlm.families import get_family
+
+    if spec.images is None or data_dir is None:
+        raise ValueError("an image model is evaluated against an image-dataset (dataset) with `images` on")
+    section = spec.images
+    data = get_family(pipe.family).open_dataset(pipe.spec, data_dir)  # type: ignore[attr-defined]
+    config = image_eval.ImageEvalConfig.model_validate(section.model_dump(exclude={"metrics"}))
+    wanted = tuple(section.metrics)
+    result: dict[str, Any] = {}
+    if {"t2i", "frechet"} & set(wanted):
+        phase("classifier")
+        with torch.enable_grad():  # the judge is trained here, outside the metrics' no-grad sampling
+            judge = image_eval.train_classifier(data, config)
+        phase("t2i")
+        metrics = tuple(m for m in wanted if m != "i2t")
+        result.update(image_eval.evaluate_images(pipe, data, config, classifier=judge, metrics=metrics))
+    if "i2t" in wanted:
+        phase("i2t")
+        result["i2t"] = image_eval.caption_accuracy(pipe, data, config)
+    result.pop("samples", None)
+    return _plain(result)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays in a result -> JSON values."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
 def latent_nll(pipe: Pipeline, dataset: LatentDataset, spec: EvaluateSpec) -> NLLResult:
     """Text NLL bound of a latent family given each row's clean latent, -log p(x | z), with the library's
     NLL accumulation (float64 sums, non-pad tokens)."""
@@ -206,9 +254,24 @@ def _localize(value: Any, paths: dict[str, str]) -> Any:
     return value
 
 
-def summarize(report: dict[str, Any], latent: dict[str, Any]) -> dict[str, float]:
+IMAGE_SUMMARY = {
+    "t2i": {"accuracy": "t2i_accuracy", "unconditional_accuracy": "t2i_unconditional_accuracy",
+            "classifier_accuracy": "t2i_classifier_accuracy"},
+    "frechet": {"distance": "frechet_distance", "unconditional_distance": "frechet_unconditional_distance",
+                "real_train_distance": "frechet_real_train_distance"},
+    "i2t": {"accuracy": "i2t_caption_accuracy", "unconditional_accuracy": "i2t_unconditional_caption_accuracy"},
+}  # fmt: skip
+"""Image metric -> its summary name (the prefix is its protocol group: t2i, frechet, i2t)."""
+
+
+def summarize(
+    report: dict[str, Any], latent: dict[str, Any], images: dict[str, Any] | None = None
+) -> dict[str, float]:
     """Flat headline numbers (the metric rows and the model table's columns)."""
     out: dict[str, float] = {}
+    for group, names in IMAGE_SUMMARY.items():
+        if result := (images or {}).get(group):
+            out.update({name: result[key] for key, name in names.items() if key in result})
     if nll := report.get("nll"):
         out.update(val_nll=nll["nll"], val_ppl=nll["ppl"], val_bits_per_token=nll["bits_per_token"])
     if gen := report.get("generative"):
@@ -232,9 +295,15 @@ def summarize(report: dict[str, Any], latent: dict[str, Any]) -> dict[str, float
     return {k: float(v) for k, v in out.items()}
 
 
-def protocol_groups(report: dict[str, Any], latent: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def protocol_groups(
+    report: dict[str, Any], latent: dict[str, Any], images: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per metric group, the protocol fields that must match for two results to be compared."""
     groups: dict[str, dict[str, Any]] = {}
+    for group in IMAGE_SUMMARY:
+        if result := (images or {}).get(group):
+            proto = {k: v for k, v in result["protocol"].items() if k not in ("seed", "device")}
+            groups[group] = proto
     if nll := report.get("nll"):
         groups["nll"] = {k: nll["protocol"].get(k) for k in GROUP_FIELDS["nll"]}
     if gen := report.get("generative"):

@@ -10,8 +10,10 @@ FAMILY_KINDS = {
     "mmdit": "latent",
     "latent-dit": "latent",
     "cross-dit": "latent",
+    "image-mmdit": "image",
 }
-"""family -> how it samples: discrete diffusion, autoregressive, or latent (text <-> sentence latent)."""
+"""family -> how it samples: discrete diffusion, autoregressive, latent (text <-> sentence latent), or
+image (caption <-> image)."""
 
 MODES = {
     "discrete": ("unconditional", "prefix", "infill"),
@@ -19,8 +21,17 @@ MODES = {
     "mmdit": ("unconditional", "l2t", "t2l", "joint"),
     "latent-dit": ("unconditional", "l2t"),
     "cross-dit": ("unconditional", "l2t"),
+    "image": ("joint", "t2i", "i2t"),
 }
-SAMPLERS = {"discrete": ("ancestral", "cached"), "ar": ("ancestral",), "latent": ("ancestral", "topk")}
+"""Image models: t2i draws images for a caption, i2t captions for an uploaded image, joint both."""
+SAMPLERS = {
+    "discrete": ("ancestral", "cached"),
+    "ar": ("ancestral",),
+    "latent": ("ancestral", "topk"),
+    "image": ("ancestral", "topk"),  # the caption's (and the discrete variant's pixels') token sampler
+}
+SAMPLE_JOB_MODES = {"image": ("joint", "t2i")}
+"""Modes a `sample` job may ask of a kind when they differ from MODES (i2t needs an uploaded image)."""
 
 
 def family_kind(family: str) -> str:

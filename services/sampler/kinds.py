@@ -14,12 +14,12 @@ from pydantic import Field, model_validator
 
 from mmdlm.config.base import StrictModel
 from mmdlm.config.eval import GenerativeEvalConfig
-from mmdlm.config.latent import LatentSampleConfig
+from mmdlm.config.latent import ImageEvalConfig, LatentSampleConfig
 from services.common.crud import require_artifact
 from services.common.errors import FieldError
 from services.common.kinds import JobKind, register
 from services.common.paths import check_user_paths
-from services.sampler.families import FAMILY_KINDS, family_kind, modes_of
+from services.sampler.families import FAMILY_KINDS, SAMPLE_JOB_MODES, family_kind, modes_of
 from services.sampler.schemas import MAX_SEED, Mode, SamplingParams
 
 if TYPE_CHECKING:
@@ -42,7 +42,8 @@ def _model_family(session: Session, user: Principal, model: str) -> str | None:
 class SampleSpec(SamplingParams):
     """`kind: sample`: `num_samples` samples of a model written as a `samples` artifact (JSONL of texts and
     token ids + the sampling protocol). Chunk k (`chunk_size` rows) is drawn with seed `seed + k`, so it
-    equals POST /v1/generate with that seed and the same settings."""
+    equals POST /v1/generate with that seed and the same settings. Image models (mode joint, or t2i with a
+    `caption`) also write one PNG grid per chunk, and each sample's PNG and caption."""
 
     kind: Literal["sample"] = "sample"
     model: str = Field(min_length=1, max_length=64)
@@ -54,6 +55,12 @@ class SampleSpec(SamplingParams):
     prompt: str | None = None
     infill: list[str | int] | None = None
     length: int | None = Field(None, ge=1)
+    caption: str | None = Field(None, min_length=1, max_length=10_000)
+    """Image models, mode t2i: the caption every image is drawn for (`guidance_scale` guides the image)."""
+    grid_columns: int = Field(8, ge=1, le=64)
+    """Image models: images per row of each chunk's PNG grid."""
+    grid_scale: int = Field(0, ge=0, le=32)
+    """Image models: each pixel drawn as scale x scale in the grids (0: enough to make small images ~32 px)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
@@ -66,11 +73,25 @@ class SampleSpec(SamplingParams):
 
 def check_sample(spec: SampleSpec, session: Session, user: Principal) -> None:
     family = _model_family(session, user, spec.model)
-    if family is not None and spec.mode is not None and spec.mode not in modes_of(family):
+    if family is None:
+        return
+    kind = family_kind(family)
+    modes = SAMPLE_JOB_MODES.get(kind, modes_of(family))
+    if spec.mode is not None and spec.mode not in modes:
         raise FieldError(
-            "mode",
-            f"the {family} family cannot generate {spec.mode!r}; supported: {', '.join(modes_of(family))}",
-        )
+            "mode", f"a sample job of the {family} family cannot generate {spec.mode!r}; supported: {', '.join(modes)}"
+        )  # fmt: skip
+    if kind == "image":
+        for name in ("prompt", "infill", "length", "seq_len"):
+            if getattr(spec, name) is not None:
+                raise FieldError(name, f"does not apply to an image model ({family}); t2i takes `caption`")
+        mode = spec.mode or ("t2i" if spec.caption is not None else "joint")
+        if mode == "t2i" and spec.caption is None:
+            raise FieldError("caption", "mode t2i needs the caption the images are drawn for")
+        if mode != "t2i" and spec.caption is not None:
+            raise FieldError("caption", f"applies to mode t2i, not {mode!r}")
+    elif spec.caption is not None:
+        raise FieldError("caption", f"applies to image models (image-mmdit), not {family}")
 
 
 # --- evaluate ----------------------------------------------------------------------------------------------------
@@ -114,6 +135,17 @@ class StsSection(StrictModel):
         return self
 
 
+class ImageEvalSection(ImageEvalConfig):
+    """Image models (image-mmdit), against the `image-dataset`'s real validation split (`mmdlm.eval.images`):
+    t2i accuracy under a classifier trained on the real train split (its own accuracy the ceiling, images
+    drawn with the caption hidden the baseline), Fréchet distance on the classifier's features, and i2t
+    caption accuracy (captions drawn with the image hidden the baseline)."""
+
+    metrics: list[Literal["t2i", "frechet", "i2t"]] = Field(
+        default_factory=lambda: ["t2i", "frechet", "i2t"], min_length=1, max_length=3
+    )
+
+
 class EvaluateSpec(StrictModel):
     """`kind: evaluate`: validation NLL/PPL (exact for AR, ELBO bound otherwise; text NLL given the clean
     latent for latent families), generative PPL with entropy under a reference LM (+ the same on real rows),
@@ -123,7 +155,8 @@ class EvaluateSpec(StrictModel):
     kind: Literal["evaluate"] = "evaluate"
     model: str = Field(min_length=1, max_length=64)
     dataset: str | None = Field(None, min_length=1, max_length=64)
-    """A `dataset` artifact (token families) or `latent-dataset` (latent families); None skips NLL."""
+    """A `dataset` artifact (token families), `latent-dataset` (latent families; None skips NLL) or
+    `image-dataset` (image models, required)."""
     split: str = "validation"
     batch_size: int = Field(16, ge=1)
     max_batches: int | None = Field(None, ge=1)
@@ -136,6 +169,9 @@ class EvaluateSpec(StrictModel):
     latent: LatentEvalSection | None = Field(default_factory=LatentEvalSection)
     """Only for latent families (ignored otherwise)."""
     sts: StsSection | None = None
+    images: ImageEvalSection | None = Field(default_factory=ImageEvalSection)
+    """Only for image models, whose evaluation is this section alone (nll, generative, latent and sts
+    apply to text and latent families and are ignored for them)."""
 
     def eval_config(self, dataset_dir: str | None) -> Any:
         """The library EvalConfig of this job (`dataset_dir`: the staged dataset, or None)."""
@@ -154,6 +190,15 @@ def check_evaluate(spec: EvaluateSpec, session: Session, user: Principal) -> Non
     if family is None:
         return
     kind = family_kind(family)
+    if kind == "image":
+        if spec.dataset is None:
+            raise FieldError("dataset", "an image model is evaluated against an `image-dataset` artifact")
+        if spec.images is None:
+            raise FieldError("images", "the evaluation of an image model is this section; leave it on")
+        if spec.sts is not None:
+            raise FieldError("sts", f"STS uses t2l latents of the mmdit family, not {family}")
+        require_artifact(session, user, spec.dataset, field="dataset", kind="image-dataset")
+        return
     if spec.dataset is not None:
         require_artifact(
             session,
@@ -186,6 +231,9 @@ def _limits() -> dict[str, Any]:
             "embed_texts": s.embed_max_batch,
             "embed_chars": s.embed_max_chars,
             "stream_states": s.stream_max_states,
+            "images": s.max_images,
+            "image_bytes": s.max_image_bytes,
+            "image_pixels": s.max_image_pixels,
         },
     }
 
@@ -211,7 +259,8 @@ EVALUATE = register(
         runner="services.sampler.evaluate:run",
         check=check_evaluate,  # type: ignore[arg-type]
         permanent_errors=(ValueError, FileNotFoundError),
-        description="Evaluate a `model` artifact: NLL/PPL, generative PPL + entropy, steps sweep, latent metrics; "
+        description="Evaluate a `model` artifact: NLL/PPL, generative PPL + entropy, steps sweep, latent metrics, "
+        "image metrics (t2i accuracy, Fréchet distance, i2t caption accuracy); "
         "results as metrics and an `evaluation` artifact carrying the protocol.",
     )
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-GROUP_ORDER = ("nll", "generative", "sweep", "t2l", "l2t", "sts")
+GROUP_ORDER = ("nll", "generative", "sweep", "t2l", "l2t", "sts", "t2i", "frechet", "i2t")
 
 
 def metric_group(name: str) -> str:
@@ -21,7 +21,7 @@ def metric_group(name: str) -> str:
         return "generative"
     if name.startswith("sweep_"):
         return "sweep"
-    return name.split("_", 1)[0]  # t2l, l2t, sts
+    return name.split("_", 1)[0]  # t2l, l2t, sts, t2i, frechet, i2t
 
 
 def order_metrics(names: set[str]) -> list[str]:

@@ -103,6 +103,11 @@ def resolve(
             "num_samples",
             f"{req.num_samples} exceeds the limit of {limits.max_samples} (MMDLM_SAMPLER_MAX_SAMPLES)",
         )
+    if model.kind == "image":
+        return resolve_image(model, req, limits)
+    for name in IMAGE_FIELDS:
+        if getattr(req, name) is not None:
+            raise RequestError(name, f"applies to image models (image-mmdit), not {model.family}")
     mode = infer_mode(model, req)
     _refuse_fields(req, mode)
     vocab = model.pipe.vocab
@@ -164,6 +169,96 @@ def resolve(
         _latent_conditioning(model, req, job, limits, encoders)
     job.given = _given(job)
     return job
+
+
+IMAGE_FIELDS = ("caption", "image", "image_guidance_scale", "caption_guidance_scale")
+IMAGE_MODE_FIELDS = {
+    "caption": ("t2i",),
+    "image": ("i2t",),
+    "image_guidance_scale": ("t2i",),
+    "caption_guidance_scale": ("i2t",),
+}
+
+
+def resolve_image(model: LoadedModel, req: GenerateRequest, limits: SamplerSettings) -> GenJob:
+    """An image-model request: t2i (caption -> images), i2t (uploaded PNG -> captions) or joint (both).
+    The guidance of the generated direction becomes the job's `guidance_scale` (what its protocol shows)."""
+    if req.num_samples > limits.max_images:
+        raise RequestError(
+            "num_samples", f"{req.num_samples} images exceed the limit of {limits.max_images} (MMDLM_SAMPLER_MAX_IMAGES)"
+        )  # fmt: skip
+    mode = req.mode or ("t2i" if req.caption is not None else "i2t" if req.image is not None else "joint")
+    supported = modes_of(model.family)
+    if mode not in supported:
+        raise RequestError(
+            "mode", f"the {model.family} family cannot generate {mode!r}; supported: {', '.join(supported)}"
+        )
+    for name in ("prompt", "prompt_ids", "infill", "latent", "latent_text", "text", "length"):
+        if getattr(req, name) is not None:
+            raise RequestError(
+                name, "does not apply to an image model (t2i takes `caption`, i2t takes `image`)"
+            )
+    for name, modes in IMAGE_MODE_FIELDS.items():
+        if getattr(req, name) is not None and mode not in modes:
+            raise RequestError(name, f"does not apply to mode {mode!r} (used by {', '.join(modes)})")
+    caption_len = model.max_seq_len
+    if req.seq_len is not None and req.seq_len != caption_len:
+        raise RequestError(
+            "seq_len",
+            f"an image model's captions are {caption_len} tokens (its max_seq_len); leave seq_len out",
+        )
+    guidance = {"t2i": req.image_guidance_scale, "i2t": req.caption_guidance_scale}.get(mode)
+    params = SamplingParams.model_validate(req.protocol())
+    if guidance is not None:
+        params.guidance_scale = guidance
+    if mode == "joint" and params.guidance_scale != 1.0:
+        raise RequestError("guidance_scale", "joint sampling has no condition to guide; leave it at 1")
+    job = GenJob(rows=req.num_samples, seq_len=caption_len, mode=mode, params=params,
+                 seed=req.seed if req.seed is not None else new_seed())  # fmt: skip
+    config = model.pipe.model.config
+    if mode == "t2i":
+        if req.caption is None:
+            raise RequestError("caption", "mode t2i needs the caption the images are drawn for")
+        check_text("caption", req.caption, limits)
+        ids = caption_ids(model, req.caption, caption_len)
+        row = torch.full((caption_len,), model.pipe.vocab.pad_id, dtype=torch.long)
+        row[: len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask = torch.arange(caption_len) < len(ids)
+        job.text_ids = row.expand(job.rows, -1).clone()
+        job.text_mask = mask.expand(job.rows, -1).clone()
+        job.given = caption_len
+    elif mode == "i2t":
+        if req.image is None:
+            raise RequestError("image", "mode i2t needs the image to caption (a base64 PNG)")
+        from services.sampler.images import decode_upload
+
+        pixels = decode_upload(
+            "image", req.image, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels,
+            size=int(config.image_size), channels=int(config.channels),
+        )  # fmt: skip
+        job.images = torch.from_numpy(pixels).expand(job.rows, -1, -1, -1).clone()
+    return job
+
+
+def caption_ids(model: LoadedModel, caption: str, caption_len: int) -> list[int]:
+    """[BOS] caption [EOS] as the image-dataset writes captions; words the caption tokenizer does not know
+    (they would become [UNK], never seen in training) and captions past the model's length are refused."""
+    vocab = model.pipe.vocab
+    ids = model.tokenize(caption)
+    tokenizer = model.pipe.tokenizer
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and unk in ids:
+        known = tokenizer.get_vocab()
+        unknown = sorted({w for w in caption.split() if w not in known})
+        raise RequestError(
+            "caption", f"words outside the model's caption vocabulary: {', '.join(unknown) or '(unknown)'}"
+        )
+    ids = [vocab.bos_id, *ids, vocab.eos_id]
+    if len(ids) > caption_len:
+        raise RequestError(
+            "caption", f"{len(ids)} tokens (BOS and EOS included) exceed the model's caption length of {caption_len}"
+        )  # fmt: skip
+    return ids
 
 
 def _given(job: GenJob) -> int:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mmdlm.config.base import INT32_MAX, StrictModel
 from mmdlm.config.latent import EncoderConfig
 
-Mode = Literal["unconditional", "prefix", "infill", "l2t", "t2l", "joint"]
+Mode = Literal["unconditional", "prefix", "infill", "l2t", "t2l", "joint", "t2i", "i2t"]
 MAX_SEED = 2**63 - 1
 EXAMPLE_MODEL = "0f8e5c1d2b3a4e6f8a9b0c1d2e3f4a5b"
 MAX_STEPS = 1_000_000
@@ -23,6 +23,8 @@ MAX_LIST = 65_536
 """Schema bound of token/latent/template lists (the model's context refuses far fewer)."""
 TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Gap = Annotated[int, Field(le=MAX_LIST)]
+MAX_IMAGE_TEXT = 16 << 20
+"""Schema bound of an uploaded base64 image (the service's own limit, MMDLM_SAMPLER_MAX_IMAGE_BYTES, is lower)."""
 
 
 class RequestError(Exception):
@@ -77,6 +79,8 @@ class GenerateRequest(SamplingParams):
     mode (inferred when omitted): `prefix` when a prompt is given, `infill` with an infill template,
     `l2t` with a latent or latent_text, `t2l` with a text, else `unconditional` (token families) or the
     family's own default (`joint` for mmdit, `l2t` unconditional for latent-dit / cross-dit).
+    Image models (image-mmdit): `t2i` with a caption, `i2t` with an image (base64 PNG), else `joint`;
+    samples then carry base64 PNG images and captions.
     """
 
     model_config = ConfigDict(json_schema_extra={"examples": [
@@ -107,6 +111,15 @@ class GenerateRequest(SamplingParams):
     """t2l: the text whose latent is generated."""
     length: int | None = Field(None, ge=1, le=MAX_LIST)
     """l2t / joint: tokens per sample (default: drawn from the training data's length histogram)."""
+    caption: str | None = Field(None, min_length=1, max_length=MAX_LIST)
+    """Image models, t2i: the caption every image is drawn for (words of the model's caption vocabulary)."""
+    image: str | None = Field(None, min_length=1, max_length=MAX_IMAGE_TEXT)
+    """Image models, i2t: the image to caption, a base64 PNG (a `data:image/png;base64,` prefix is allowed);
+    resized (shorter side) and centre-cropped to the model's image size."""
+    image_guidance_scale: float | None = Field(None, ge=0.0, le=1000.0)
+    """Image models, t2i: classifier-free guidance of the image on the caption (None: `guidance_scale`)."""
+    caption_guidance_scale: float | None = Field(None, ge=0.0, le=1000.0)
+    """Image models, i2t: classifier-free guidance of the caption on the image (None: `guidance_scale`)."""
     return_token_ids: bool = True
 
     @model_validator(mode="after")
@@ -127,9 +140,14 @@ class StreamRequest(GenerateRequest):
 
 class SamplePublic(BaseModel):
     index: int
-    text: str
+    text: str = Field(
+        description="the sample's text; image models: its caption (given for t2i, generated otherwise)"
+    )
     token_ids: list[int] | None = None
     latent: list[float] | None = None
+    image: str | None = Field(
+        None, description="image models, t2i / joint: the generated image, a base64 PNG"
+    )
 
 
 class GenerateResponse(BaseModel):
@@ -150,6 +168,8 @@ class GenerateResponse(BaseModel):
     seed: int
     seq_len: int
     steps: int = Field(description="reverse steps per sample (0 for AR: one network call per token)")
+    image_size: int | None = Field(None, description="image models: side of the square images, in pixels")
+    channels: int | None = Field(None, description="image models: 1 (grey) or 3 (RGB)")
     nfe: int = Field(description="network calls made for this request's batch")
     tokens: int = Field(description="tokens generated for this request (given positions excluded)")
     tokens_per_s: float = Field(description="tokens / the batch's sampling time")

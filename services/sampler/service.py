@@ -29,6 +29,7 @@ from services.common.store import ObjectStore
 from services.sampler.batcher import BatchInfo, MicroBatcher
 from services.sampler.cache import EncoderCache, LoadedModel, ModelCache, module_bytes
 from services.sampler.engine import GenJob, GenOutput, batch_key, run_batch
+from services.sampler.images import png_base64
 from services.sampler.metrics import SamplerMetrics
 from services.sampler.resolve import resolve
 from services.sampler.schemas import (
@@ -170,13 +171,18 @@ class SamplerService:
         for i, text in enumerate(texts):
             latent = out.latents[i].tolist() if out.latents is not None else None
             ids = out.tokens[i].tolist() if req.return_token_ids else None
-            samples.append(SamplePublic(index=i, text=text.strip(), token_ids=ids, latent=latent))
+            image = png_base64(out.images[i]) if out.images is not None else None
+            samples.append(
+                SamplePublic(index=i, text=text.strip(), token_ids=ids, latent=latent, image=image)
+            )
+        shape = model.image_shape
         tokens = self.generated_tokens(model, job, out)
         self.metrics.tokens.inc(tokens)
         return GenerateResponse(
             id=f"gen-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=model.artifact_id,
             family=model.family, mode=job.mode, samples=samples, seed=job.seed, seq_len=job.seq_len,
-            steps=out.steps, nfe=out.nfe, tokens=tokens,
+            steps=out.steps, nfe=out.nfe, tokens=tokens, image_size=shape[1] if shape else None,
+            channels=shape[0] if shape else None,
             tokens_per_s=round(tokens / out.elapsed_s, 3) if out.elapsed_s > 0 else 0.0,
             elapsed_s=round(out.elapsed_s, 6), queue_s=round(done.batch.queue_s, 6),
             batch_requests=out.batch_requests, batch_rows=out.batch_rows,
@@ -185,9 +191,9 @@ class SamplerService:
 
     @staticmethod
     def generated_tokens(model: LoadedModel, job: GenJob, out: GenOutput) -> int:
-        if job.mode == "t2l":
+        if job.mode in ("t2l", "t2i"):
             return 0
-        if model.kind == "latent":  # rows are PAD past their length
+        if model.kind in ("latent", "image"):  # rows are PAD past their length
             return int((out.tokens != model.pipe.vocab.pad_id).sum())
         return job.rows * (job.seq_len - job.given)
 
@@ -195,6 +201,10 @@ class SamplerService:
     def protocol(model: LoadedModel, job: GenJob) -> dict[str, Any]:
         """Everything that determines these samples (the settings a result must be reported with)."""
         trained = model.pipe.trained or {}
+        shape = model.image_shape
+        variant = getattr(model.pipe.model.config, "variant", None)
+        # image models: guidance_scale is the generated direction's (t2i: image | caption, i2t: caption | image)
+        image = {"image_size": shape[1], "channels": shape[0], "variant": variant} if shape else {}
         return {
             "model": model.artifact_id,
             "family": model.family,
@@ -207,6 +217,7 @@ class SamplerService:
             "network_precision": job.params.precision,
             "trained_step": trained.get("step"),
             **job.params.protocol(),
+            **image,
         }
 
     # --- embeddings ------------------------------------------------------------------------------------------

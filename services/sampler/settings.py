@@ -44,6 +44,17 @@ class SamplerSettings(BaseSettings):
     stream_max_states: int = Field(
         default=64, ge=1, description="intermediate states one /v1/generate/stream request may receive"
     )
+    max_images: int = Field(default=64, ge=1, description="images (num_samples) of one image-model request")
+    max_image_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description="bytes of an uploaded PNG (i2t), once base64-decoded (422 past it)",
+    )
+    max_image_pixels: int = Field(
+        default=1 << 22,
+        ge=64,
+        description="width x height an uploaded PNG may declare (decompression-bomb guard)",
+    )
 
 
 @lru_cache(maxsize=1)

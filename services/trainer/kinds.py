@@ -2,8 +2,8 @@
 keep it free of torch.
 
 A spec is a `TrainConfig` whose paths are replaced by what the platform owns:
-  dataset          an artifact id (`dataset`, or `latent-dataset` for the latent families), staged by
-                   the runner; `data.dataset`, `run_dir` and `resume` are not the user's to set;
+  dataset          an artifact id (`dataset`, `latent-dataset` for the latent families, `image-dataset`
+                   for image-mmdit), staged by the runner; `data.dataset`, `run_dir` and `resume` are not the user's to set;
   model.clusters   HDLM only: the id of a `clusters` artifact (staged, then replaced by its folder);
 plus how to run it: `nproc_per_node`, `nnodes`, `launcher` (`local` torchrun on a train worker, or
 `kubeflow` for more than one node). Everything else (model, process, optimizer, schedule, steps,
@@ -51,15 +51,17 @@ LATENT_FAMILIES = frozenset({"mmdit", "latent-dit", "cross-dit"})
 _SERVICE_FIELDS = frozenset({"kind", "dataset", "nproc_per_node", "nnodes", "launcher", "kubeflow"})
 
 
-LIBRARY_ONLY_FAMILIES = {
-    "image-mmdit": "it trains on the bundled captioned digits, which have no artifact kind yet; "
-    "run `mmdlm train` with the library instead",
-}
+IMAGE_FAMILIES = frozenset({"image-mmdit"})
+"""Families whose training data is an `image-dataset` (a `prepare-images` job's artifact)."""
+
+LIBRARY_ONLY_FAMILIES: dict[str, str] = {}
 """Families the library trains but the service cannot stage data for, with the reason shown to the user."""
 
 
 def dataset_kind(family: str) -> str:
     """The artifact kind a family trains on."""
+    if family in IMAGE_FAMILIES:
+        return "image-dataset"
     return "latent-dataset" if family in LATENT_FAMILIES else "dataset"
 
 
@@ -201,6 +203,8 @@ def check(spec: TrainSpec, session: Session, user: Principal) -> None:
         session, user, spec.dataset, field="dataset", kind=dataset_kind(spec.model.family)
     )
     meta = dataset.meta or {}
+    if spec.model.family in IMAGE_FAMILIES:
+        check_image_shape(spec, meta)
     check_quota(spec, meta.get("seq_len"), settings.max_tokens)
     vocab_size = (meta.get("tokenizer") or {}).get("vocab_size")
     process = getattr(spec.model, "process", None)
@@ -211,6 +215,25 @@ def check(spec: TrainSpec, session: Session, user: Principal) -> None:
     clusters = spec.clusters_artifact
     if clusters is not None:
         require_artifact(session, user, clusters, field="model.clusters", kind="clusters")
+
+
+def check_image_shape(spec: TrainSpec, meta: dict[str, Any]) -> None:
+    """The network's image size and channels must be the image-dataset's (the artifact's metadata)."""
+    network = spec.model.model
+    for field, key in (("image_size", "resolution"), ("channels", "channels")):
+        have, want = getattr(network, field, None), meta.get(key)
+        if isinstance(want, int) and have is not None and have != want:
+            raise FieldError(
+                f"model.model.{field}",
+                f"{have} does not match the image dataset's {key} {want}; set model.model.{field}: {want}",
+            )
+    caption_len = meta.get("caption_len")
+    max_len = getattr(network, "max_seq_len", None)
+    if isinstance(caption_len, int) and isinstance(max_len, int) and caption_len > max_len:
+        raise FieldError(
+            "model.model.max_seq_len",
+            f"{max_len} is shorter than the image dataset's caption_len {caption_len}; set it >= {caption_len}",
+        )
 
 
 def check_quota(spec: TrainSpec, seq_len: int | None, max_tokens: int) -> None:

@@ -3,7 +3,8 @@
 Each stored event (state change, progress, log line, artifact) is sent with its table id as the SSE
 `id`, so a client that reconnects with `Last-Event-ID` (or `?after=`) continues exactly where it
 stopped. The stream ends with an `end` event once the job is terminal and every event was sent.
-Database reads run in the threadpool; nothing blocks the event loop.
+Database reads run on the event loop through `services.api.loopdb` (no thread hop; nothing waits on
+the loop), or in the threadpool where that is not available (in-memory SQLite).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ EVENTS_EXAMPLE = (
         **responses(400, 404),
     },
 )  # fmt: skip
-def job_events(
+async def job_events(
     job_id: str,
     request: Request,
     user: CurrentUser,
@@ -55,9 +56,9 @@ def job_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
     start = after if after is not None else _parse_last_id(last_event_id)
-    # The ownership check and the first batch in this handler's one thread hop: the first event goes
-    # out without another trip through the threadpool.
-    first = _read(state, job_id, start, owner_id=user.id)
+    # The ownership check and the first batch before the response starts, on the event loop (no thread
+    # hop, services.api.loopdb): a 404 is still a 404, and the first event goes out at once.
+    first = await _read(state, job_id, start, owner_id=user.id)
     if first[0] is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "job not found")
     return EventSourceResponse(
@@ -82,7 +83,22 @@ def _parse_last_id(value: str | None) -> int:
 Batch = tuple[str | None, list[tuple[int, str, dict]]]
 
 
-def _read(state: AppState, job_id: str, after: int, owner_id: int | None = None) -> Batch:
+async def _read(state: AppState, job_id: str, after: int, owner_id: int | None = None) -> Batch:
+    reads = state.reads
+    if not reads.enabled:
+        return await run_in_threadpool(_read_sync, state, job_id, after, owner_id)
+    # Status first, then events: see _read_sync.
+    if owner_id is None:
+        rows = await reads.fetch(crud.JOB_STATUS, {"job_id": job_id})
+    else:
+        rows = await reads.fetch(crud.OWNED_JOB_STATUS, {"job_id": job_id, "owner_id": owner_id})
+    if not rows:
+        return None, []
+    events = await reads.fetch(crud.EVENTS_AFTER, {"job_id": job_id, "after_id": after, "limit": BATCH})
+    return rows[0].status, [(e.id, e.type, {**e.data, "at": e.created_at.isoformat()}) for e in events]
+
+
+def _read_sync(state: AppState, job_id: str, after: int, owner_id: int | None = None) -> Batch:
     with state.db.read() as conn:
         # Status first, then events: the final state event commits with the status, so once a terminal
         # status is seen, every event of the job is already visible to the next query.
@@ -99,7 +115,7 @@ async def _stream(
     last = after
     batch: Batch | None = first
     while True:
-        status_, events = batch if batch is not None else await run_in_threadpool(_read, state, job_id, last)
+        status_, events = batch if batch is not None else await _read(state, job_id, last)
         batch = None
         for event_id, type_, data in events:
             last = event_id

@@ -88,8 +88,9 @@ async def proxy(request: Request, state: StateDep, path: str) -> Response:
 
 @router.post("/v1/generate", response_model=GenerateResponse)
 async def generate(body: GenerateRequest, request: Request, _: CurrentUser, state: StateDep) -> Response:
-    """Samples of a `model` artifact, any family and mode (unconditional, prefix, infill, l2t, t2l, joint),
-    with the sampling protocol, seed, steps, NFE and tokens/s (served by the sampler service)."""
+    """Samples of a `model` artifact, any family and mode (unconditional, prefix, infill, l2t, t2l, joint;
+    image models: t2i, i2t, joint with base64 PNG images and captions), with the sampling protocol, seed,
+    steps, NFE and tokens/s (served by the sampler service)."""
     del body  # validated here, forwarded as sent
     return await proxy(request, state, "/v1/generate")
 

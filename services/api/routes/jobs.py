@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, list, read, cancel, metrics. (The SSE stream lives in `events.py`.)
+"""/v1/jobs: submit, list, read, cancel. (The SSE stream lives in `events.py`, metrics in `metrics.py`.)
 
 No `from __future__ import annotations` here: the request body type is built from the kind registry
 at start-up, and FastAPI must see the real type object in the handler signature.
@@ -9,22 +9,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from mmdlm.config.base import INT64_MAX
-from services.api.deps import CurrentUser, SessionDep, StateDep
-from services.api.schemas import (
-    JobPublic,
-    JobsPublic,
-    MetricSeries,
-    MetricsPublic,
-    finite_or_none,
-    split_options,
-)
+from services.api.deps import CurrentUser, StateDep
+from services.api.schemas import JobPublic, JobsPublic, split_options
+from services.api.state import AppState
 from services.common import crud, lifecycle
 from services.common.http_errors import responses
 from services.common.kinds import JobKind
 from services.common.models import JobStatus
-from services.common.queue import publish
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +44,11 @@ SUBMIT_EXAMPLES = {
 """Request examples of POST /v1/jobs (every kind's full schema is in /v1/kinds)."""
 
 
+def _read_job(state: AppState, job_id: str, owner_id: int) -> tuple[Any, list[str]] | None:
+    with state.db.read() as conn:
+        return crud.get_job_with_artifacts(conn, job_id, owner_id)
+
+
 def build_router(kinds: dict[str, JobKind], job_create: Any) -> APIRouter:
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -59,24 +58,20 @@ def build_router(kinds: dict[str, JobKind], job_create: Any) -> APIRouter:
         user: CurrentUser,
         state: StateDep,
     ) -> Response:  # type: ignore[valid-type]
-        """Validate the spec, store a queued job, then publish its wake-up (after the commit)."""
+        """Validate the spec, store a queued job, then publish its wake-up (after the commit, off the
+        request path: services.api.publisher)."""
         spec_data, options = split_options(body)
         kind = kinds[spec_data["kind"]]
         spec = kind.spec.model_validate(spec_data)
         max_attempts = options.max_attempts or kind.max_attempts or state.settings.default_max_attempts
-        with state.db.session() as session, session.begin():
-            if kind.check is not None:
-                kind.check(spec, session, user)  # FieldError -> 422
-            job = lifecycle.create_job(
-                session, owner_id=user.id, kind=kind.name, queue=kind.queue,
-                spec=spec.model_dump(mode="json"), priority=options.priority, max_attempts=max_attempts,
-            )  # fmt: skip
-        try:
-            publish(state.celery, job.id, job.queue)
-        except Exception as exc:
-            # The row is the truth: the sweeper publishes the wake-up once the broker is back.
-            logger.warning("job %s stored but its wake-up could not be published: %s", job.id, exc)
-            lifecycle.clear_enqueued(state.db, job.id)
+        if kind.check is not None:  # read-only checks (references, quotas): FieldError -> 422
+            with state.db.reader() as session:
+                kind.check(spec, session, user)
+        job = crud.insert_job(
+            state.db, owner_id=user.id, kind=kind.name, queue=kind.queue,
+            spec=spec.model_dump(mode="json"), priority=options.priority, max_attempts=max_attempts,
+        )  # fmt: skip
+        state.wakeups.submit(job.id, job.queue)
         return _json(JobPublic.of(job), status.HTTP_201_CREATED)
 
     @router.get("", response_model=JobsPublic)
@@ -104,9 +99,13 @@ def build_router(kinds: dict[str, JobKind], job_create: Any) -> APIRouter:
         )
 
     @router.get("/{job_id}", response_model=JobPublic, responses=responses(404))
-    def get_job(job_id: str, user: CurrentUser, state: StateDep) -> Response:
-        with state.db.read() as conn:
-            found = crud.get_job_with_artifacts(conn, job_id, user.id)
+    async def get_job(job_id: str, user: CurrentUser, state: StateDep) -> Response:
+        """No thread hop: the read runs on the event loop (services.api.loopdb)."""
+        if state.reads.enabled:
+            rows = await state.reads.fetch(crud.JOB_WITH_ARTIFACTS, {"job_id": job_id, "owner_id": user.id})
+            found = crud.job_with_artifacts_of(rows)
+        else:
+            found = await run_in_threadpool(_read_job, state, job_id, user.id)
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
         return _json(JobPublic.of(*found))
@@ -129,23 +128,5 @@ def build_router(kinds: dict[str, JobKind], job_create: Any) -> APIRouter:
             job = crud.get_job(session, job_id, user.id)
             assert job is not None
             return JobPublic.of(job, crud.job_artifact_ids(session, [job.id]).get(job.id))
-
-    @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=responses(404))
-    def get_metrics(
-        job_id: str,
-        user: CurrentUser,
-        session: SessionDep,
-        name: Annotated[list[str] | None, Query()] = None,
-        since_step: Annotated[int | None, Query(ge=0, le=INT64_MAX)] = None,
-    ) -> MetricsPublic:
-        """Metric series of a job as columns per name (`name` repeatable to select)."""
-        if crud.get_job(session, job_id, user.id) is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
-        series: dict[str, MetricSeries] = {}
-        for row in crud.job_metrics(session, job_id, names=name or [], since_step=since_step):
-            s = series.setdefault(row.name, MetricSeries(steps=[], values=[]))
-            s.steps.append(row.step)
-            s.values.append(finite_or_none(row.value))
-        return MetricsPublic(job_id=job_id, series=series)
 
     return router

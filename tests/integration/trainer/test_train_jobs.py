@@ -72,11 +72,13 @@ def test_specs_that_cannot_run_are_refused_with_the_field(
     foreign = publish_local_artifact(p, tiny_dataset, kind="dataset", user="mallory")
     hdlm = {"family": "hdlm", "model": "cpu-nano"}
     cases = {
-        "dataset": [train_spec("0" * 32), train_spec(foreign), train_spec(not_a_dataset)],
+        "dataset": [
+            train_spec("0" * 32), train_spec(foreign), train_spec(not_a_dataset),
+            train_spec(dataset, model={"family": "image-mmdit"}),  # a token dataset, not an image-dataset
+        ],  # fmt: skip
         "nproc_per_node": [train_spec(dataset, nproc_per_node=8)],
         "nnodes": [train_spec(dataset, nnodes=2)],
         "model.family": [train_spec(dataset, model={"family": "nope"})],
-        "model": [train_spec(dataset, model={"family": "image-mmdit"})],
         "model.clusters": [
             train_spec(dataset, model=hdlm),
             train_spec(dataset, model={**hdlm, "clusters": dataset}),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmdlm.config.diffusion import GIDDProcessConfig
-from mmdlm.diffusion.base import SamplingOptions, VocabLayout
+from mmdlm.diffusion.base import SamplingOptions, VocabLayout, denoiser_probs
 from mmdlm.diffusion.gidd import GIDDProcess
 
 GPT2 = VocabLayout(vocab_size=50259, pad_id=50257, mask_id=50258, bos_id=50256, eos_id=50256)
@@ -245,3 +245,43 @@ def test_bug12_last_step_denoises_to_text() -> None:
     zt = torch.full((4, 8), 50258)
     zs = proc.reverse_step(logits, zt, 0.01, 0.0, g, SamplingOptions())
     assert ((zs < 50257) & (zs != 50258)).all()
+
+
+SMALL = VocabLayout(vocab_size=10, mask_id=9, pad_id=0)  # N = 10; [PAD] is not text, [MASK] is 9
+
+
+@pytest.mark.parametrize(
+    ("options", "t", "s"),
+    [
+        (SamplingOptions(), 0.7, 0.4),
+        (SamplingOptions(), 0.3, 0.0),
+        (SamplingOptions(temperature=0.7, float64=False), 0.9, 0.85),
+        (SamplingOptions(top_p=0.8, min_p=0.05), 0.6, 0.5),
+        (SamplingOptions(temperature=0), 0.5, 0.2),
+    ],
+)
+def test_mixture_step_draws_the_dense_posterior(options: SamplingOptions, t: float, s: float) -> None:
+    """Issue 12: `reverse_step` samples the posterior as a mixture (from x̂ / [MASK] / uniform / stay) without
+    building it; over many draws from every z_t its frequencies match the dense closed form `posterior`
+    (chi-square per z_t, and no draw where the posterior has no mass)."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    proc = gidd(SMALL, p_uniform=0.2, t_eps=0.05)
+    g = torch.Generator().manual_seed(11)
+    N, draws = proc.N, 6000
+    logits = torch.randn(SMALL.rows, generator=g) * 1.5
+    x_hat = denoiser_probs(logits[None], SMALL.text_mask(), options)[0]
+    zt_values = torch.arange(N)
+    post = proc.posterior(x_hat.double().expand(1, N, -1), zt_values[None], t, s)[0]  # (z_t, z_s)
+    zt = zt_values.repeat_interleave(draws)[None]
+    zs = proc.reverse_step(logits.expand(1, zt.shape[1], -1), zt, t, s, g, options)[0]
+    for z in range(N):
+        counts = torch.bincount(zs[z * draws : (z + 1) * draws], minlength=N).double()
+        expected = post[z] * draws
+        assert counts[expected == 0].sum() == 0, f"z_t={z}: draws where the posterior is 0"
+        keep = expected > 0
+        if int(keep.sum()) < 2:
+            assert counts[keep].sum() == draws
+            continue
+        stat = float((((counts - expected) ** 2)[keep] / expected[keep]).sum())
+        p_value = scipy_stats.chi2.sf(stat, int(keep.sum()) - 1)
+        assert p_value > 1e-4, f"z_t={z}: chi-square {stat:.1f}, p={p_value:.2g}"

@@ -44,6 +44,8 @@ def test_every_path_field_of_every_kind_is_checked(settings: Settings, tmp_path:
     cases = [
         ("source.path", spec("prepare-data", source={"type": "folder", "path": bob_dir})),
         ("source.path", spec("prepare-data", source={"type": "folder", "path": "../bob/private"})),
+        ("source.path", spec("prepare-images", source={"type": "folder", "path": bob_dir})),
+        ("source.path", spec("prepare-images", source={"type": "idx", "path": "../bob/private"})),
         ("source.name", spec("prepare-data", source={"type": "hf", "name": bob_dir})),
         ("tokenizer.name_or_path", spec("prepare-data", tokenizer={"type": "pretrained", "name_or_path": bob_dir})),
         ("encoder.model", spec("encode", dataset="x", encoder={"name": "minilm", "model": "/etc"})),

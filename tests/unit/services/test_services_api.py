@@ -213,6 +213,7 @@ def test_metrics_of_a_job_without_metrics(api: TestClient, alice: dict[str, str]
     assert api.get(f"/v1/jobs/{job['id']}/metrics", headers=alice).json() == {
         "job_id": job["id"],
         "series": {},
+        "max_points": None,
     }
 
 

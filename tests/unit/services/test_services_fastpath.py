@@ -4,23 +4,30 @@ reuse SQLAlchemy's compiled cache and PostgreSQL's prepared statements."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy.exc
 from anyio import to_thread
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from sqlalchemy import event
+from sqlalchemy import event, update
 from sqlalchemy.engine.interfaces import CacheStats
 
+from services.api.loopdb import LoopDB
 from services.api.main import create_app
+from services.api.publisher import WakeupPublisher
+from services.api.schemas import JobPublic
 from services.common import crud, lifecycle
 from services.common.auth import Principal
 from services.common.db import POOL_RECYCLE_S, Database, make_engine
-from services.common.models import JobStatus
+from services.common.models import Artifact, Job, JobStatus, utcnow
+from services.common.queue import create_celery
 from services.common.settings import Settings
 
 
@@ -138,3 +145,126 @@ def test_postgres_prepares_the_status_query(db: Database, user: Principal) -> No
             assert crud.get_job_with_artifacts(conn, job_id, user.id) is not None
         prepared = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
     assert any("LEFT OUTER JOIN artifacts" in text for text in prepared), prepared
+
+
+# --- hot reads on the event loop, submit without the ORM, wake-ups off the request path -----------------
+
+
+def _seed_rich(db: Database, user: Principal) -> str:
+    """A job with a produced artifact, progress and a few events: every column kind the reads convert."""
+    job_id = _seed(db, user)
+    with db.begin() as s:
+        lifecycle.add_event(s, job_id, "log", {"line": "héllo ✓", "n": 1})
+        lifecycle.add_event(s, job_id, "progress", {"step": 2, "total": 9})
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(progress_step=2, progress_total=9, progress_message="two")
+        )
+        for name in ("b-first", "a-second"):
+            s.add(
+                Artifact(
+                    owner_id=user.id, producer_job_id=job_id, kind="dataset", name=name, uri=f"u/{name}",
+                    sha256="0" * 64, bytes=1, meta={}, created_at=utcnow(),
+                )
+            )  # fmt: skip
+            s.flush()
+    return job_id
+
+
+def test_loop_reads_equal_the_sync_reads(db: Database, user: Principal, other_user: Principal) -> None:
+    """The status read and the events batch on the event loop (asyncpg / sqlite3 with the dialect's
+    result processors) give the very rows the SQLAlchemy path gives: UTC datetimes, JSON, booleans,
+    artifact order, and nothing of another user's."""
+    job_id = _seed_rich(db, user)
+    with db.read() as conn:
+        job, artifacts = crud.get_job_with_artifacts(conn, job_id, user.id) or (None, [])
+        events = crud.events_after(conn, job_id, 0)
+    expected = JobPublic.of(job, artifacts).model_dump_json()
+    reads = LoopDB(db, size=2)
+    assert reads.enabled
+
+    async def run() -> None:
+        try:
+            for _ in range(3):  # a reused connection (and, on PostgreSQL, its prepared statement)
+                rows = await reads.fetch(crud.JOB_WITH_ARTIFACTS, {"job_id": job_id, "owner_id": user.id})
+                found = crud.job_with_artifacts_of(rows)
+                assert found is not None and JobPublic.of(*found).model_dump_json() == expected
+            loop_events = await reads.fetch(
+                crud.EVENTS_AFTER, {"job_id": job_id, "after_id": 0, "limit": 500}
+            )
+            assert [tuple(e) for e in loop_events] == [tuple(e) for e in events]
+            assert loop_events[1].data == {"line": "héllo ✓", "n": 1}
+            assert loop_events[0].created_at.utcoffset() == timedelta(0)
+            after = await reads.fetch(
+                crud.EVENTS_AFTER, {"job_id": job_id, "after_id": events[1].id, "limit": 1}
+            )
+            assert [e.id for e in after] == [events[2].id]
+            status = await reads.fetch(crud.OWNED_JOB_STATUS, {"job_id": job_id, "owner_id": user.id})
+            assert [r.status for r in status] == [JobStatus.queued.value]
+            for stmt, params in (
+                (crud.JOB_WITH_ARTIFACTS, {"job_id": job_id, "owner_id": other_user.id}),
+                (crud.OWNED_JOB_STATUS, {"job_id": job_id, "owner_id": other_user.id}),
+            ):
+                assert await reads.fetch(stmt, params) == []
+            assert reads.connections_opened == 1 and reads.in_use == 0
+        finally:
+            await reads.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.postgres
+def test_loop_reads_of_an_unreachable_database_are_a_503_error(tmp_path: Path) -> None:
+    """A refused connection surfaces as SQLAlchemy's OperationalError, which the gateway answers with a
+    503 + Retry-After like every other database outage (services.common.http_errors)."""
+    reads = LoopDB(Database("postgresql+psycopg://u@127.0.0.1:1/x"), size=1)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        asyncio.run(reads.fetch(crud.JOB_STATUS, {"job_id": "x"}))
+    assert reads.in_use == 0
+
+
+def test_insert_job_stores_what_create_job_stores(db: Database, user: Principal) -> None:
+    """The submit path's Core insert (one statement on PostgreSQL) writes the same job row and first
+    event as `lifecycle.create_job`, and returns the job as it was stored."""
+    spec = {"kind": "probe", "steps": 1, "nested": {"a": [1, 2]}}
+    job = crud.insert_job(
+        db, owner_id=user.id, kind="probe", queue="encode", spec=spec, priority=3, max_attempts=2
+    )
+    reference = _seed(db, user)
+    with db.read() as conn:
+        stored, artifacts = crud.get_job_with_artifacts(conn, job.id, user.id) or (None, [])
+        events = crud.events_after(conn, job.id, 0)
+        ref_events = crud.events_after(conn, reference, 0)
+    assert JobPublic.of(job).model_dump() == JobPublic.of(stored, artifacts).model_dump()
+    assert (stored.spec, stored.priority, stored.max_attempts, stored.attempt) == (spec, 3, 2, 0)
+    assert stored.enqueued_at == stored.created_at == stored.available_at == events[0].created_at
+    assert (
+        [(e.type, e.data) for e in events]
+        == [(e.type, e.data) for e in ref_events]
+        == [("state", {"status": "queued"})]
+    )
+
+
+def test_wakeups_are_published_in_order_and_a_failed_one_goes_to_the_sweeper(
+    db: Database, user: Principal, tmp_path: Path
+) -> None:
+    """The background publisher sends every wake-up in submit order; when the broker refuses, the job's
+    `enqueued_at` is cleared so that the sweeper publishes it once the broker is back."""
+    jobs = [_seed(db, user) for _ in range(3)]
+    sent: list[tuple[str, str]] = []
+    settings = Settings(_env_file=None, home=tmp_path)  # type: ignore[call-arg]
+    celery = create_celery(settings)
+    ok = WakeupPublisher(celery, db, send=lambda app, job_id, queue: sent.append((job_id, queue)))
+    for job_id in jobs:
+        ok.submit(job_id, "encode")
+    ok.close()
+    assert sent == [(j, "encode") for j in jobs] and ok.published == 3
+    down = Settings(_env_file=None, home=tmp_path, broker_url="redis://127.0.0.1:1/0")  # type: ignore[call-arg]
+    failing = WakeupPublisher(create_celery(down), db)
+    failing.submit(jobs[0], "encode")
+    failing.close(timeout_s=60)
+    assert failing.failed == 1
+    with db.reader() as s:
+        assert s.get(Job, jobs[0]).enqueued_at is None  # type: ignore[union-attr]
+        assert s.get(Job, jobs[1]).enqueued_at is not None  # type: ignore[union-attr]

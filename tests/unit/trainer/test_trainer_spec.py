@@ -35,7 +35,6 @@ def test_hdlm_clusters_is_an_artifact_id_replaced_by_the_staged_folder() -> None
     ("overrides", "field"),
     [
         ({"model": {"family": "nope"}}, ("model",)),
-        ({"model": {"family": "image-mmdit"}}, ("model",)),
         ({"model": {"family": "hdlm"}}, ("model", "hdlm", "clusters")),
         ({"nnodes": 2}, ("nnodes",)),
         ({"nproc_per_node": 0}, ("nproc_per_node",)),
@@ -54,3 +53,4 @@ def test_kubeflow_allows_several_nodes_and_latent_families_need_latent_datasets(
     spec = TrainSpec.model_validate(_spec(launcher="kubeflow", nnodes=4, nproc_per_node=8))
     assert spec.world_size == 32
     assert dataset_kind("mdlm") == "dataset" and dataset_kind("mmdit") == "latent-dataset"
+    assert dataset_kind("image-mmdit") == "image-dataset"

@@ -1,0 +1,154 @@
+"""Per-position vocabulary reductions for the training losses, fused and chunked over rows.
+
+The GIDD+ and HDLM losses depend on a position's logits only through a few scalars (the log-probability of
+the clean token, of the noisy token, a cluster's log-mass, a sum over the vocabulary). Autograd through the
+straightforward (B, L, V) formulation materialises several full-vocabulary tensors forward and backward; these
+functions compute the scalars row-chunk by row-chunk (so each chunk stays in cache) and write the gradient with
+respect to the logits in one pass, recomputing the softmax instead of storing it. Arithmetic is float32, as in
+the unfused losses (no bf16 rounding of the vocabulary math, spec §11 bug 20).
+
+Shapes: R rows (positions), V_r logit columns; `text` (V_r,) bool selects the ids the denoiser may emit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: rows per chunk on CPU: ~16 rows x 50k columns x 4 bytes = 3 MB, about one core's share of cache
+CHUNK_ROWS = 16
+#: elements per chunk on accelerators, where few large kernels beat many cache-sized ones
+DEVICE_CHUNK_ELEMENTS = 1 << 26
+
+
+def _chunk_rows(logits: Tensor) -> int:
+    if logits.device.type == "cpu":
+        return CHUNK_ROWS
+    return max(1, DEVICE_CHUNK_ELEMENTS // max(1, logits.shape[-1]))
+
+
+def _chunks(logits: Tensor) -> list[tuple[int, int]]:
+    """[lo, hi) row ranges covering the rows of `logits`."""
+    rows, step = logits.shape[0], _chunk_rows(logits)
+    return [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
+
+
+def _masked_float(logits: Tensor, lo: int, hi: int, neg_text: Tensor) -> Tensor:
+    """Rows [lo, hi) as a fresh float32 tensor with non-text columns at -inf."""
+    chunk = logits[lo:hi].to(torch.float32, copy=True)
+    return chunk.masked_fill_(neg_text, float("-inf"))
+
+
+def _safe(lse: Tensor) -> Tensor:
+    """-inf normalisers (a row or cluster without text ids) replaced by 0, so exp(l - lse) stays 0, not nan."""
+    return torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+
+
+class _GiddRowTerms(torch.autograd.Function):
+    """(log x̂_x, log x̂_z, S = sum_v log1p(k x̂_v)) per row; x̂ = softmax of the logits over text ids."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, logits: Tensor, x: Tensor, z: Tensor, k: Tensor, text: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        R = logits.shape[0]
+        neg_text = ~text
+        lse = torch.empty(R, dtype=torch.float32, device=logits.device)
+        s_sum = torch.empty(R, dtype=torch.float32, device=logits.device)
+        for lo, hi in _chunks(logits):
+            chunk = _masked_float(logits, lo, hi, neg_text)
+            lse[lo:hi] = torch.logsumexp(chunk, dim=-1)
+            chunk.sub_(_safe(lse[lo:hi])[:, None]).exp_().mul_(k[lo:hi, None]).log1p_()
+            s_sum[lo:hi] = chunk.sum(dim=-1)
+        text_f = torch.zeros(text.shape, dtype=torch.float32, device=text.device).masked_fill_(
+            neg_text, float("-inf")
+        )
+        log_x = logits.gather(-1, x[:, None]).squeeze(-1).float() + text_f[x] - lse
+        log_z = logits.gather(-1, z[:, None]).squeeze(-1).float() + text_f[z] - lse
+        ctx.save_for_backward(logits, x, z, k, text, lse)
+        return log_x, log_z, s_sum
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, g_x: Tensor, g_z: Tensor, g_s: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        logits, x, z, k, text, lse = ctx.saved_tensors
+        neg_text = ~text
+        grad = torch.empty_like(logits)
+        g_x, g_z, g_s = (g.float() for g in (g_x, g_z, g_s))
+        lse = _safe(lse)
+        for lo, hi in _chunks(logits):
+            p = _masked_float(logits, lo, hi, neg_text).sub_(lse[lo:hi, None]).exp_()  # x̂
+            kk = k[lo:hi, None]
+            gk = torch.reciprocal(p * kk + 1.0).mul_(kk)  # d log1p(k x̂_v) / d x̂_v
+            mean_g = (gk * p).sum(dim=-1, keepdim=True)
+            coef = gk.sub_(mean_g).mul_(g_s[lo:hi, None]).sub_((g_x[lo:hi] + g_z[lo:hi])[:, None])
+            coef.mul_(p).scatter_add_(-1, x[lo:hi, None], g_x[lo:hi, None])
+            grad[lo:hi] = coef.scatter_add_(-1, z[lo:hi, None], g_z[lo:hi, None])  # one rounding to bf16
+        return grad, None, None, None, None
+
+
+def gidd_row_terms(
+    logits: Tensor, x: Tensor, z: Tensor, k: Tensor, text: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """log x̂_x, log x̂_z and sum_v log1p(k x̂_v) for every row, float32 (R,) each; differentiable in logits.
+
+    Args:
+        logits: (R, V_r) any float dtype; x, z: (R,) int64 column ids (-inf log-probability off text);
+        k: (R,) float32 >= 0; text: (V_r,) bool.
+    """
+    return _GiddRowTerms.apply(logits, x, z, k.float().contiguous(), text)
+
+
+class _ClusterRowTerms(torch.autograd.Function):
+    """(log x̂_x, log sum_{v in cluster sel} x̂_v) per row; x̂ = softmax of the logits over text ids."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, logits: Tensor, x: Tensor, sel: Tensor, segment: Tensor, text: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        R = logits.shape[0]
+        neg_text = ~text
+        lse = torch.empty(R, dtype=torch.float32, device=logits.device)
+        lse_sel = torch.empty(R, dtype=torch.float32, device=logits.device)
+        for lo, hi in _chunks(logits):
+            chunk = _masked_float(logits, lo, hi, neg_text)
+            lse[lo:hi] = torch.logsumexp(chunk, dim=-1)
+            outside = segment[None, :] != sel[lo:hi, None]
+            lse_sel[lo:hi] = torch.logsumexp(chunk.masked_fill_(outside, float("-inf")), dim=-1)
+        text_f = torch.zeros(text.shape, dtype=torch.float32, device=text.device).masked_fill_(
+            neg_text, float("-inf")
+        )
+        log_x = logits.gather(-1, x[:, None]).squeeze(-1).float() + text_f[x] - lse
+        ctx.save_for_backward(logits, x, sel, segment, text, lse, lse_sel)
+        return log_x, lse_sel - lse
+
+    @staticmethod
+    def backward(ctx: Any, g_x: Tensor, g_p: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        logits, x, sel, segment, text, lse, lse_sel = ctx.saved_tensors
+        neg_text = ~text
+        grad = torch.empty_like(logits)
+        g_x, g_p = g_x.float(), g_p.float()
+        lse, lse_sel = _safe(lse), _safe(lse_sel)
+        for lo, hi in _chunks(logits):
+            chunk = _masked_float(logits, lo, hi, neg_text)
+            inside = segment[None, :] == sel[lo:hi, None]
+            # d/dl: g_x (e_x - x̂) + g_p (y - x̂), y = softmax inside the selected cluster
+            y = torch.where(inside, chunk - lse_sel[lo:hi, None], float("-inf")).exp_().mul_(g_p[lo:hi, None])
+            p = chunk.sub_(lse[lo:hi, None]).exp_().mul_(-(g_x[lo:hi] + g_p[lo:hi])[:, None])
+            grad[lo:hi] = p.add_(y).scatter_add_(-1, x[lo:hi, None], g_x[lo:hi, None])
+        return grad, None, None, None, None
+
+
+def cluster_row_terms(
+    logits: Tensor, x: Tensor, sel: Tensor, segment: Tensor, text: Tensor
+) -> tuple[Tensor, Tensor]:
+    """log x̂_x and log P_sel = log sum_{v: segment[v] = sel} x̂_v for every row, float32 (R,) each.
+
+    Args:
+        logits: (R, V_r) any float dtype; x, sel: (R,) int64; segment: (V_r,) int64 cluster of every column;
+        text: (V_r,) bool. A cluster without text ids has log-mass -inf.
+    """
+    return _ClusterRowTerms.apply(logits, x, sel, segment, text)
