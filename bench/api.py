@@ -248,6 +248,25 @@ async def paced(target: Target, op: str, clients: int, rate: float, duration: fl
     return tally, elapsed
 
 
+async def seed_jobs(target: Target, count: int) -> list[str]:
+    """Submit exactly `count` jobs over 4 connections; their ids."""
+    raw = target.make("submit")()
+    conns = [Connection(target.host, target.port) for _ in range(4)]
+    ids: list[str] = []
+
+    async def one(conn: Connection, n: int) -> None:
+        for _ in range(n):
+            status, body, _ = await conn.request(raw)
+            if status != 201:
+                raise HTTPError(f"seeding: submit answered {status}: {body[:200]!r}")
+            ids.append(json.loads(body)["id"])
+
+    await asyncio.gather(*(one(c, count // 4 + (i < count % 4)) for i, c in enumerate(conns)))
+    for c in conns:
+        c.close()
+    return ids
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -368,9 +387,8 @@ async def _cell(
 async def _measure(variants: list[Variant], args: argparse.Namespace) -> None:
     """Every (operation, load) cell on each variant back to back, so that before and after see the
     same machine load."""
-    for v in variants:
-        seed, _ = await closed_loop(v.target, "submit", 4, 1.0)  # warm-up + the jobs reads pick from
-        v.target.ids += seed.new_ids
+    for v in variants:  # warm-up + the jobs reads pick from: the same number on every variant, so
+        v.target.ids += await seed_jobs(v.target, args.seed_jobs)  # list/count read equal tables
     shapes = [("closed", c) for c in args.clients] + [(f"paced {args.rate:g}/s", args.paced_clients)]
     for op in args.ops:
         for v in variants:
@@ -459,6 +477,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=5.0, help="paced mode: requests/s per client")
     p.add_argument("--duration", type=float, default=4.0, help="seconds per (operation, load) cell")
     p.add_argument("--pool-size", type=int, default=10, help="MMDLM_DB_POOL_SIZE of the API")
+    p.add_argument("--seed-jobs", type=int, default=200, help="jobs submitted per API before measuring")
     p.add_argument("--api-root", type=Path, default=REPO, help="checkout the API process runs from")
     p.add_argument(
         "--baseline-root", type=Path, default=None,
@@ -509,6 +528,7 @@ def main() -> None:
         "duration_s_per_cell": args.duration,
         "paced": {"clients": args.paced_clients, "rate_per_client": args.rate},
         "db_pool_size": args.pool_size,
+        "seed_jobs": args.seed_jobs,
         "targets": {key: text for key, text, _ in TARGETS},
         "note": "client and server share the same CPUs; closed-loop latency follows Little's law; "
         "events latency = first body byte; conn = pool connects counted by the API (mmdlm_db_connections_"

@@ -130,7 +130,9 @@ def gpt2_like_vocab(size: int) -> VocabInfo:
     return VocabInfo(vocab_size=size + 2, pad_id=size, mask_id=size + 1, bos_id=size - 1, eos_id=size - 1)
 
 
-def build(family: str, args: argparse.Namespace, vocab: VocabInfo, workdir: Path, device: torch.device) -> Built:
+def build(
+    family: str, args: argparse.Namespace, vocab: VocabInfo, workdir: Path, device: torch.device
+) -> Built:
     model = {"hidden_size": args.hidden, "n_heads": args.heads, "n_blocks": args.blocks,
              "max_seq_len": args.seq_len}  # fmt: skip
     spec: Any
@@ -220,7 +222,9 @@ class Capture:
         self.handle.remove()
 
 
-def to_hf_generate(model: nn.Module, vocab: VocabInfo) -> Callable[[int, int, torch.Generator], Tensor]:
+def to_hf_generate(
+    model: nn.Module, vocab: VocabInfo, length: int
+) -> Callable[[int, torch.Generator], Tensor]:
     """Hugging Face `generate` on the same weights: plain sampling with the KV cache, PAD/MASK suppressed."""
     from transformers import GenerationConfig
 
@@ -230,14 +234,15 @@ def to_hf_generate(model: nn.Module, vocab: VocabInfo) -> Callable[[int, int, to
     config = GenerationConfig(
         do_sample=True, top_k=0, top_p=1.0, temperature=1.0, use_cache=True, eos_token_id=None,
         bos_token_id=vocab.bos_id, pad_token_id=vocab.pad_id, suppress_tokens=[vocab.pad_id, vocab.mask_id],
+        max_new_tokens=length, min_new_tokens=length,
     )  # fmt: skip
     device = next(model.parameters()).device
 
-    def run(rows: int, length: int, generator: torch.Generator) -> Tensor:
+    def run(rows: int, generator: torch.Generator) -> Tensor:
         torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))  # HF samples globally
         start = torch.full((rows, 1), vocab.bos_id, dtype=torch.long, device=device)
         with torch.no_grad():
-            out = hf.generate(start, generation_config=config, max_new_tokens=length, min_new_tokens=length)
+            out = hf.generate(start, generation_config=config)
         if out.shape != (rows, length + 1):
             raise RuntimeError(f"HF generate returned {tuple(out.shape)}, expected {(rows, length + 1)}")
         return out[:, 1:]
@@ -253,22 +258,32 @@ def median(xs: list[float]) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 - one linear protocol
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 2 sampling steps, short rows")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 round, 2 sampling steps, short rows"
+    )
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
     parser.add_argument("--compile", default="off,on", help="compile settings to measure: off,on | off | on")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--blocks", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=50257, help="base vocabulary (GPT-2); PAD and MASK added")
+    parser.add_argument(
+        "--vocab", type=int, default=50257, help="base vocabulary (GPT-2); PAD and MASK added"
+    )
     parser.add_argument("--clusters", type=int, default=64, help="HDLM cluster count")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--sample-rows", type=int, default=8)
     parser.add_argument("--steps", type=int, default=64, help="reverse steps of the diffusion samplers")
-    parser.add_argument("--train-rounds", type=int, default=5, help="timed training steps per cell (alternated)")
-    parser.add_argument("--sample-rounds", type=int, default=2, help="timed sampling runs per cell (alternated)")
+    parser.add_argument(
+        "--train-rounds", type=int, default=5, help="timed training steps per cell (alternated)"
+    )
+    parser.add_argument(
+        "--sample-rounds", type=int, default=2, help="timed sampling runs per cell (alternated)"
+    )
     parser.add_argument("--forward-repeats", type=int, default=5)
     parser.add_argument("--gemm-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
@@ -288,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
     compiles = [c == "on" for c in args.compile.split(",") if c]
     vocab = gpt2_like_vocab(args.vocab)
     g = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(0, args.vocab, (args.train_batch, args.seq_len), generator=g).to(device)}
+    batch = {
+        "input_ids": torch.randint(0, args.vocab, (args.train_batch, args.seq_len), generator=g).to(device)
+    }
 
     # training ------------------------------------------------------------------------------------------------
     peaks: dict[str, list[float]] = {p: [] for p in precisions}
@@ -308,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
         print(f"train warm-up {f:5s} {p:4s} compile={'on' if c else 'off'}: {first:.2f} s", flush=True)
     for r in range(args.train_rounds):
         for p in precisions:
-            peaks[p].append(matmul_flops(torch.bfloat16 if p == "bf16" else torch.float32, args.gemm_size, 5, device))
+            peaks[p].append(
+                matmul_flops(torch.bfloat16 if p == "bf16" else torch.float32, args.gemm_size, 5, device)
+            )
         order = keys if r % 2 == 0 else keys[::-1]
         for key in order:
             with PeakMemory(device) as mem:
@@ -341,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
         skeys += [(v, p, c) for v in ("ar", "ar-f32") for p in precisions for c in compiles]
         if not args.no_hf:
             skeys += [("hf-generate", p, False) for p in precisions]
-            hf_run = to_hf_generate(built["ar"].model, vocab)
+            hf_run = to_hf_generate(built["ar"].model, vocab, args.seq_len)
     for m in built.values():
         m.model.eval()
     inputs: dict[str, tuple[tuple, dict]] = {}
@@ -353,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
             if name == "hf-generate":
                 sync(device)
                 t0 = time.perf_counter()
-                hf_run(args.sample_rows, args.seq_len, gen)
+                hf_run(args.sample_rows, gen)
                 sync(device)
                 return time.perf_counter() - t0, args.seq_len
             family = "ar" if name.startswith("ar") else name
@@ -374,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
         with PeakMemory(device) as mem:
             first, _ = run_sample(key)
         sample[key] = {"first_s": first, "times": [], "nfe": None, "peak_mb": mem.mb}
-        print(f"sample warm-up {key[0]:11s} {key[1]:4s} compile={'on' if key[2] else 'off'}: {first:.2f} s", flush=True)
+        print(
+            f"sample warm-up {key[0]:11s} {key[1]:4s} compile={'on' if key[2] else 'off'}: {first:.2f} s",
+            flush=True,
+        )
     for r in range(args.sample_rounds):
         for key in skeys if r % 2 == 0 else skeys[::-1]:
             with PeakMemory(device) as mem:
@@ -422,7 +444,14 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
         sample_rows.append(row)
     for row in sample_rows:
         if row["family"] in ("ar", "ar-f32"):
-            hf = next((r for r in sample_rows if r["family"] == "hf-generate" and r["precision"] == row["precision"]), None)
+            hf = next(
+                (
+                    r
+                    for r in sample_rows
+                    if r["family"] == "hf-generate" and r["precision"] == row["precision"]
+                ),
+                None,
+            )
             row["ratio_vs_hf_generate"] = row["tokens_per_s"] / hf["tokens_per_s"] if hf else None
 
     # report --------------------------------------------------------------------------------------------------
@@ -456,7 +485,10 @@ def print_table(result: dict, families: list[str], precisions: list[str], compil
     def cell(rows: list[dict], fam: str, field: str, fmt: str, compile_: bool = False) -> str:
         vals = []
         for p in precisions:
-            r = next((r for r in rows if r["family"] == fam and r["precision"] == p and r["compile"] == compile_), None)
+            r = next(
+                (r for r in rows if r["family"] == fam and r["precision"] == p and r["compile"] == compile_),
+                None,
+            )
             v = r.get(field) if r else None
             vals.append("-" if v is None else format(v, fmt))
         return " / ".join(vals)
@@ -482,7 +514,10 @@ def print_table(result: dict, families: list[str], precisions: list[str], compil
     for c in compiles:
         tag = "compile on" if c else "compile off"
         line(f"training tok/s, {tag}", [cell(train, f, "tokens_per_s", ",.0f", c) for f in cols])
-        line(f"training share of matmul peak, {tag}", [cell(train, f, "share_of_matmul_peak", ".1%", c) for f in cols])
+        line(
+            f"training share of matmul peak, {tag}",
+            [cell(train, f, "share_of_matmul_peak", ".1%", c) for f in cols],
+        )
         line(f"training peak memory MiB, {tag}", [cell(train, f, "peak_memory_mb", ",.0f", c) for f in cols])
         if c:
             line("training compile time s", [cell(train, f, "compile_s", ".0f", c) for f in cols])
@@ -498,7 +533,10 @@ def print_table(result: dict, families: list[str], precisions: list[str], compil
         blank = [""] * (len(cols) - 1)
         for c in compiles:
             tag = "compile on" if c else "compile off"
-            line(f"AR gen KV cache tok/s, f32 draw, {tag}", blank + [cell(sample, "ar-f32", "tokens_per_s", ",.0f", c)])
+            line(
+                f"AR gen KV cache tok/s, f32 draw, {tag}",
+                blank + [cell(sample, "ar-f32", "tokens_per_s", ",.0f", c)],
+            )
             line(f"AR gen ratio to HF generate (same model), {tag}",
                  blank + [cell(sample, "ar-f32", "ratio_vs_hf_generate", ".2f", c) + "x"])  # fmt: skip
         line("HF generate tok/s (KV cache)", blank + [cell(sample, "hf-generate", "tokens_per_s", ",.0f")])

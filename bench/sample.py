@@ -76,13 +76,14 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=64, help="HDLM cluster count")
     parser.add_argument("--families", default="mdlm,mdlm-t,gidd,hdlm,ar")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 suits these tiny models)")
+    parser.add_argument("--compile", action="store_true", help="SampleConfig.compile: torch.compile the network")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sample.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     vocab = VocabInfo(vocab_size=args.vocab, pad_id=0, mask_id=args.vocab - 1, bos_id=1, eos_id=2)
     model = {"preset": args.preset, "max_seq_len": max(args.seq_len, 128)}
-    base = SampleConfig(steps=args.steps, seq_len=args.seq_len, num_samples=1)
+    base = SampleConfig(steps=args.steps, seq_len=args.seq_len, num_samples=1, compile=args.compile)
     wanted = args.families.split(",")
     rows: list[dict] = []
 
@@ -136,6 +137,7 @@ def main() -> None:
         "batch_size": 1,
         "float64_sampling": base.float64,
         "threads": args.threads,
+        "compile": args.compile,
         "weights": "random (untrained)",
         "device": "cpu",
         "torch": torch.__version__,

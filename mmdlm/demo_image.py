@@ -19,12 +19,28 @@ MODEL = {"hidden_size": 64, "n_blocks": 2, "n_heads": 4, "cond_dim": 64, "patch_
 """4 patch tokens of 4x4 pixels: on 8x8 digits a patch-2 model (16 tokens) needs several times more steps
 before captions name the digit (measured: held-out digit-token accuracy 0.83 after 300 steps at patch 4,
 0.10 at patch 2, same width and learning rate)."""
-OBJECTIVE = {"mode": "mixture", "mode_probs": {"joint": 1.0, "t2l": 2.0, "l2t": 2.0}, "cond_dropout": 0.15}
+OBJECTIVE = {
+    "mode": "mixture",
+    "mode_probs": {"joint": 1.0, "t2l": 2.0, "l2t": 2.0},
+    "cond_dropout": 0.15,
+    "image": {"parameterization": "x0", "normalization": "none"},
+}
+"""x0-prediction for the continuous variant: with epsilon-prediction the image loss barely depends on the
+caption at high noise, and after 400 steps t2i accuracy was 0.19 (unconditional 0.11); with x0 0.81 (0.12),
+same seed, steps and sampler (100 validation captions, DDIM 20 steps, guidance 3)."""
 
 
-def train_config(workdir: Path, variant: str, steps: int, seed: int, batch_size: int = 64) -> dict[str, Any]:
+def train_config(
+    workdir: Path,
+    variant: str,
+    steps: int,
+    seed: int,
+    batch_size: int = 64,
+    objective: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    objective = {**OBJECTIVE, **(objective or {})}
     return {
-        "model": {"family": "image-mmdit", "model": {**MODEL, "variant": variant}, "objective": OBJECTIVE},
+        "model": {"family": "image-mmdit", "model": {**MODEL, "variant": variant}, "objective": objective},
         "data": {"dataset": "sklearn:digits", "batch_size": batch_size},
         "steps": steps,
         "optimizer": {"lr": 3e-3, "weight_decay": 0.0},
@@ -60,6 +76,7 @@ def run(
     threads: int | None = 1,
     seed: int = 0,
     classifier: Any = None,
+    objective: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `steps` seeded steps (no wall-clock limit) and evaluate; returns the metrics, the pipeline
     (`pipe`), the judge (`classifier`, reusable across variants) and timings."""
@@ -78,7 +95,9 @@ def run(
         shutil.rmtree(root / "run")
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    trained = Trainer(TrainConfig.model_validate(train_config(root, variant, steps, seed))).train()
+    trained = Trainer(
+        TrainConfig.model_validate(train_config(root, variant, steps, seed, objective=objective))
+    ).train()
     train_s = time.perf_counter() - start
     pipe = load_pretrained(trained.final_dir)
     data = open_image_dataset("sklearn:digits")

@@ -1,4 +1,4 @@
-"""The ML commands as a typer app: `train`, `sample`, `eval`, `clusters`, `encode`.
+"""The ML commands as a typer app: `train`, `sample`, `eval`, `clusters`, `encode`, `prepare-images`.
 
 `services/cli.py` mounts `app` into the `mmdlm` console script; without it, `python -m mmdlm.cli ...`
 runs the same commands. Bad configs and arguments end with a one-line-per-problem message and exit
@@ -12,6 +12,7 @@ import typer
 from mmdlm.cli.clusters import clusters
 from mmdlm.cli.encode import encode
 from mmdlm.cli.eval import eval_command
+from mmdlm.cli.images import prepare_images_command
 from mmdlm.cli.sample import sample
 from mmdlm.cli.train import train
 
@@ -27,5 +28,6 @@ app.command("sample")(sample)
 app.command("eval")(eval_command)
 app.command("clusters")(clusters)
 app.command("encode")(encode)
+app.command("prepare-images")(prepare_images_command)
 
 __all__ = ["app"]

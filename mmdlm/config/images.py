@@ -47,10 +47,14 @@ class DigitsImageSource(StrictModel):
 class IdxImageSource(StrictModel):
     """A local folder of MNIST-format IDX files (`<prefix>-images-idx3-ubyte` + `<prefix>-labels-idx1-ubyte`,
     optionally `.gz`), as MNIST, Fashion-MNIST or KMNIST are distributed; every pair in the folder is read
-    (train and t10k pooled, then split by hash like any source) and captioned from its labels."""
+    and captioned from its labels. The pair named `test_prefix` (the official `t10k` test set) is kept as
+    the `test` split as published, so results compare with the literature's; the other pairs are split
+    into train and validation by hash like any source."""
 
     type: Literal["idx"] = "idx"
     path: str = Field(min_length=1, max_length=4096)
+    test_prefix: str | None = Field(default="t10k", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Prefix of the files that form the `test` split as they are; null: pool them with the rest."""
     label_names: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
         default=None, min_length=1, max_length=1000
     )

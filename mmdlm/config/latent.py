@@ -392,8 +392,9 @@ class ImageEvalConfig(StrictModel):
     """Validation rows used (capped at the split size): captions for t2i, images for i2t and the
     Fréchet reference."""
     sample: ImageSampleConfig = Field(
-        default_factory=lambda: ImageSampleConfig(text_steps=16, latent_steps=25, image_guidance_scale=2.0,
-                                                  text_guidance_scale=2.0)  # fmt: skip
+        default_factory=lambda: ImageSampleConfig(
+            text_steps=16, latent_steps=25, image_guidance_scale=2.0, text_guidance_scale=2.0
+        )  # fmt: skip
     )
     """Sampler settings for both directions (its `mode` is set per metric)."""
     classifier: Literal["mlp", "cnn"] = "mlp"

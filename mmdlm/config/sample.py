@@ -36,6 +36,7 @@ class SampleConfig(StrictModel):
     self_correction_patience: int = Field(32, ge=1)
     seed: int = 0
     compile: bool = False
-    """torch.compile the network forward the sampler calls (compiled once per model and reused; the first
-    call pays the compile time). Off by default: bench/families.py measured no stable win on CPU at the
-    issue-12 config (see docs/ARCHITECTURE.md, sampling speed); on CUDA it is worth trying for large batches."""
+    """torch.compile the network forward the sampler calls (compiled once per model and process, then reused;
+    the first call pays the compile). Off by default: on the 2-core CPU of bench/families.py a compile costs
+    30-110 s per network and precision, more than a whole 8 x 128 sampling run, and the sampling win was not
+    stable across runs; worth turning on for long-lived CUDA samplers, where the compile is paid once."""

@@ -2,7 +2,8 @@
 
 Steps: read the captions file (JSONL or COCO-style), decode + convert + resize + centre-crop every image
 (a bad one is recorded in `skipped` or, with `on_bad_image: refuse`, fails the preparation naming it),
-choose each readable image's split by a seeded hash of its name, train the word-level caption tokenizer on the
+choose each readable image's split by a seeded hash of its name (an idx folder's official test set keeps
+its own), train the word-level caption tokenizer on the
 train captions, write arrays + manifest. The folder is built under a temporary sibling and renamed into
 place, so a crash never leaves something that looks finished.
 """
@@ -50,6 +51,8 @@ class _Entry:
     name: str
     captions: list[str] = field(default_factory=list)
     label: Any = None
+    split: str | None = None
+    """A split the source fixes (an official test set); None: chosen by hash."""
 
 
 def prepare_images(
@@ -107,13 +110,16 @@ def prepare_images(
                 f"{len(skipped)} bad image(s) and on_bad_image is 'refuse': {names}{more}; fix or remove them, "
                 "or set on_bad_image: skip"
             )
-        if len(good) < 2:
+        free = [e for e in good if e.split is None]  # the source's own test set keeps its split
+        if len(free) < 2:
+            fixed = f", {len(good) - len(free)} in the source's own test set" if len(free) < len(good) else ""
             raise ValueError(
-                f"{len(good)} readable image(s) ({len(entries)} listed, {len(skipped)} bad); at least 2 are "
-                "needed for a train/validation split"
+                f"{len(free)} readable image(s) for train and validation ({len(entries)} listed, {len(skipped)} "
+                f"bad{fixed}); at least 2 are needed for a train/validation split"
             )
         # the split is chosen among the readable images: a bad file never empties or shifts a split
-        splits = _choose_splits([e.name for e in good], config)
+        chosen = iter(_choose_splits([e.name for e in free], config))
+        splits = [e.split if e.split is not None else next(chosen) for e in good]
         decoded = np.memmap(staging, dtype=np.uint8, mode="r", shape=(len(good), config.channels, size, size))
         for i, (entry, split) in enumerate(zip(good, splits, strict=True)):
             writer.add(split, decoded[i], entry.captions[: config.max_captions_per_image], label_of(entry))
@@ -550,9 +556,10 @@ class _IdxSource(_Source):
     def entries(self) -> list[_Entry]:
         out = []
         for prefix, classes in zip(self.prefixes, self.labels, strict=True):
+            split = "test" if prefix == self.source.test_prefix else None
             for i, y in enumerate(classes.tolist()):
                 text = self.templates[i % len(self.templates)].format(self.names[y])
-                out.append(_Entry(f"{prefix}:{i}", [text], int(y)))
+                out.append(_Entry(f"{prefix}:{i}", [text], int(y), split))
         return out
 
     def read(self, index: int, entry: _Entry) -> np.ndarray:
@@ -565,8 +572,9 @@ class _IdxSource(_Source):
         return to_pixels(Image.fromarray(np.ascontiguousarray(pixels)), self.size, self.channels)
 
     def describe(self) -> dict[str, Any]:
+        test = self.source.test_prefix if self.source.test_prefix in self.prefixes else None
         return {"type": "idx", "path": self.source.path, "files": self.files,
-                "images": int(sum(len(c) for c in self.labels))}  # fmt: skip
+                "images": int(sum(len(c) for c in self.labels)), "test_split": test}  # fmt: skip
 
     def label_names(self) -> list[str] | None:
         return self.names

@@ -44,7 +44,9 @@ def _check(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def grid_array(images: Any, nrow: int = 8, padding: int = 1, scale: int = 1, pad_value: int = 0) -> np.ndarray:
+def grid_array(
+    images: Any, nrow: int = 8, padding: int = 1, scale: int = 1, pad_value: int = 0
+) -> np.ndarray:
     """Tile N images row-major, `nrow` per row, with `padding` pixels between and around them, each
     pixel repeated `scale` x `scale` (nearest: tiny images stay crisp). (H, W) or (H, W, 3) uint8."""
     if nrow < 1 or padding < 0 or scale < 1:

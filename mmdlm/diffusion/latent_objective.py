@@ -290,7 +290,9 @@ class ImageMMDiTObjective(MMDiTObjective):
         from mmdlm.models.image_mmdit import quantize
 
         if "image" not in batch:
-            raise KeyError("batch must hold 'image' (B, C, S, S) float32 in [-1, 1]: train on an image dataset")
+            raise KeyError(
+                "batch must hold 'image' (B, C, S, S) float32 in [-1, 1]: train on an image dataset"
+            )
         image = batch["image"].float()
         return image if self.continuous else quantize(image, self.levels)
 

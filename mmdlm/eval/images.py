@@ -60,7 +60,9 @@ def label_names(data: Any) -> list[str]:
 
     names = DIGITS if isinstance(data, DigitsDataset) else getattr(data, "labels", None)
     if names is None or len(names) == 0:
-        raise ValueError("this image dataset has no labels (manifest.labels is null): image metrics need them")
+        raise ValueError(
+            "this image dataset has no labels (manifest.labels is null): image metrics need them"
+        )
     return [str(n) for n in names]
 
 
@@ -94,13 +96,17 @@ def _spread(rows: np.ndarray, limit: int | None) -> np.ndarray:
 def _batch(data: Any, split: str, rows: np.ndarray) -> dict[str, np.ndarray]:
     part = data.split(split)
     chunks = [part.get_batch(rows[s : s + 4096]) for s in range(0, len(rows), 4096)]
-    return {k: np.concatenate([c[k] for c in chunks]) for k in ("input_ids", "attention_mask", "image", "label")}
+    return {
+        k: np.concatenate([c[k] for c in chunks]) for k in ("input_ids", "attention_mask", "image", "label")
+    }
 
 
 def named_label(text: str, names: list[str]) -> int | None:
     """The index of the one label name `text` contains as whole words (None: none or several)."""
     lowered = f" {' '.join(text.lower().split())} "
-    found = {i for i, n in enumerate(names) if re.search(rf"(?<![\w]){re.escape(n.lower())}(?![\w])", lowered)}
+    found = {
+        i for i, n in enumerate(names) if re.search(rf"(?<![\w]){re.escape(n.lower())}(?![\w])", lowered)
+    }
     return found.pop() if len(found) == 1 else None
 
 
@@ -140,7 +146,9 @@ class ImageClassifier(nn.Module):
         return self.head(feats).argmax(-1).numpy(), feats.double().numpy()
 
 
-def train_classifier(data: Any, config: ImageEvalConfig | None = None) -> tuple[ImageClassifier, dict[str, Any]]:
+def train_classifier(
+    data: Any, config: ImageEvalConfig | None = None
+) -> tuple[ImageClassifier, dict[str, Any]]:
     """Fit the judge on the real train split (seeded, Adam, `classifier_epochs`), and measure its accuracy
     on the real validation split: the ceiling of text -> image accuracy."""
     config = config or ImageEvalConfig()
@@ -170,9 +178,14 @@ def train_classifier(data: Any, config: ImageEvalConfig | None = None) -> tuple[
         "split": "validation",
         "num_images": len(val_rows),
         "protocol": {
-            "classifier": config.classifier, "trained_on": "train", "train_images": len(x),
-            "epochs": config.classifier_epochs, "optimizer": "adam lr 1e-3 wd 1e-4, batch 128",
-            "feature_dim": 64, "classes": len(names), "seed": config.seed,
+            "classifier": config.classifier,
+            "trained_on": "train",
+            "train_images": len(x),
+            "epochs": config.classifier_epochs,
+            "optimizer": "adam lr 1e-3 wd 1e-4, batch 128",
+            "feature_dim": 64,
+            "classes": len(names),
+            "seed": config.seed,
         },  # fmt: skip
     }
     return model, info
@@ -202,7 +215,9 @@ def _generate(
     return outs, seconds
 
 
-def _protocol(pipe: Any, sample: ImageSampleConfig, mode: str, n: int, extra: dict[str, Any]) -> dict[str, Any]:
+def _protocol(
+    pipe: Any, sample: ImageSampleConfig, mode: str, n: int, extra: dict[str, Any]
+) -> dict[str, Any]:
     param = next(pipe.built.model.parameters())
     steps = sample.latent_steps if mode == "t2l" else sample.text_steps
     if mode == "t2l":
@@ -288,7 +303,9 @@ def caption_accuracy(pipe: Any, data: Any, config: ImageEvalConfig | None = None
         seconds += spent
         decoded = tok.batch_decode(torch.cat([o.tokens for o in outs]).tolist(), skip_special_tokens=True)
         texts[key] = decoded
-        scores[key] = float(np.mean([named_label(t, names) == y for t, y in zip(decoded, batch["label"], strict=True)]))
+        scores[key] = float(
+            np.mean([named_label(t, names) == y for t, y in zip(decoded, batch["label"], strict=True)])
+        )
     n = len(batch["label"])
     return {
         **scores,
@@ -298,10 +315,16 @@ def caption_accuracy(pipe: Any, data: Any, config: ImageEvalConfig | None = None
             {"label": names[int(y)], "caption": t}
             for y, t in zip(batch["label"][:6], texts["accuracy"][:6], strict=True)
         ],
-        "protocol": _protocol(pipe, sample, "l2t", n, {
-            "metric": "caption names the image's label (exactly one label word)",
-            "baseline": "captions generated with the image hidden (unconditional text), same seeds",
-        }),  # fmt: skip
+        "protocol": _protocol(
+            pipe,
+            sample,
+            "l2t",
+            n,
+            {
+                "metric": "caption names the image's label (exactly one label word)",
+                "baseline": "captions generated with the image hidden (unconditional text), same seeds",
+            },
+        ),  # fmt: skip
     }
 
 
@@ -341,12 +364,18 @@ def evaluate_images(
                 "classifier_accuracy_same_rows": float((real_pred == labels).mean()),
                 "num_images": n,
                 "images_per_s": 2 * n / max(seconds + base_seconds, 1e-9),
-                "protocol": _protocol(pipe, sample, "t2l", n, {
-                    "classifier": judge_name,
-                    "metric": "judge's label of the image == the label the caption names",
-                    "ceiling": "the judge's accuracy on the real validation images",
-                    "baseline": "images generated with the caption hidden (unconditional), same seeds",
-                }),  # fmt: skip
+                "protocol": _protocol(
+                    pipe,
+                    sample,
+                    "t2l",
+                    n,
+                    {
+                        "classifier": judge_name,
+                        "metric": "judge's label of the image == the label the caption names",
+                        "ceiling": "the judge's accuracy on the real validation images",
+                        "baseline": "images generated with the caption hidden (unconditional), same seeds",
+                    },
+                ),  # fmt: skip
             }
         if "frechet" in metrics:
             train_rows = _spread(_rows(data, "train", None), n)
@@ -356,13 +385,19 @@ def evaluate_images(
                 "unconditional_distance": frechet(base_feats, real_feats),
                 "real_train_distance": frechet(train_feats, real_feats),
                 "num_images": n,
-                "protocol": _protocol(pipe, sample, "t2l", n, {
-                    "name": FRECHET_PROTOCOL,
-                    "classifier": judge_name,
-                    "features": f"penultimate layer, {feats.shape[1]}-d",
-                    "reference": f"the {n} real validation images whose captions were used",
-                    "baseline": "unconditional samples; floor: as many real train images",
-                }),  # fmt: skip
+                "protocol": _protocol(
+                    pipe,
+                    sample,
+                    "t2l",
+                    n,
+                    {
+                        "name": FRECHET_PROTOCOL,
+                        "classifier": judge_name,
+                        "features": f"penultimate layer, {feats.shape[1]}-d",
+                        "reference": f"the {n} real validation images whose captions were used",
+                        "baseline": "unconditional samples; floor: as many real train images",
+                    },
+                ),  # fmt: skip
             }
         result["samples"] = {"t2i": images, "t2i_labels": labels, "unconditional": base_images}
     if "i2t" in metrics:

@@ -35,21 +35,12 @@ from mmdlm.families import Built
 from mmdlm.families.latent import LatentFamily
 from mmdlm.sampling.latent import LatentSampleOutput, length_mask, sample_joint, sample_l2t, sample_t2l
 
-DIGITS_SOURCE = "sklearn:digits"
 
+def open_image_dataset(directory: str | Path, levels: int | None = None) -> Any:
+    """The bundled digits (`sklearn:digits`) or an `image-dataset` directory, both as `ImageDataset`."""
+    from mmdlm.data.images import open_image_dataset as open_images
 
-def open_image_dataset(directory: str | Path) -> Any:
-    """The bundled digits (`sklearn:digits`) or an `image-dataset` directory (`ImageDataset.open`)."""
-    if str(directory) == DIGITS_SOURCE:
-        from mmdlm.data.images import DigitsDataset
-
-        return DigitsDataset.open(DIGITS_SOURCE)
-    from mmdlm.data import images
-
-    opener = getattr(images, "ImageDataset", None)
-    if opener is None:
-        raise ValueError(f"image-mmdit reads {DIGITS_SOURCE!r} or an image-dataset directory, got {directory}")
-    return opener.open(directory)
+    return open_images(directory, levels=levels)
 
 
 def dataset_geometry(dataset: Any) -> tuple[int, int]:
@@ -79,7 +70,7 @@ class ImageMMDiTFamily(LatentFamily[ImageMMDiTSpec]):
     def open_dataset(self, spec: Any, directory: str | Path, verify: bool = True) -> Any:  # noqa: ARG002
         """Open the data and refuse, before a model is built, a resolution or channel count that differs."""
         spec = self.parse(spec)
-        data = open_image_dataset(directory)
+        data = open_image_dataset(directory, levels=spec.model.levels)
         check_geometry(spec, *dataset_geometry(data), where=str(directory))
         return data
 
@@ -99,7 +90,8 @@ class ImageMMDiTFamily(LatentFamily[ImageMMDiTSpec]):
 
         spec = self.parse(spec)
         text = MaskedProcess(VocabLayout.from_vocab(vocab), spec.objective.text)
-        pixel_layout = VocabLayout(vocab_size=spec.model.levels + 1, mask_id=spec.model.levels)
+        # levels + [MASK], padded to a multiple of 8 (not 128: the discrete head has p*p*C rows per token)
+        pixel_layout = VocabLayout(vocab_size=spec.model.levels + 1, mask_id=spec.model.levels, multiple=8)
         if spec.model.variant == "continuous":
             image: GaussianDiffusion | MaskedProcess = GaussianDiffusion(spec.objective.image)
         else:
@@ -165,7 +157,9 @@ class ImageMMDiTFamily(LatentFamily[ImageMMDiTSpec]):
             ids = text_ids.to(device).long()
             if ids.dim() != 2 or ids.shape[1] > mc.max_seq_len:
                 raise ValueError(f"text_ids must be (N, L) with L <= model.max_seq_len={mc.max_seq_len}")
-            mask = torch.ones_like(ids, dtype=torch.bool) if text_mask is None else text_mask.to(device).bool()
+            mask = (
+                torch.ones_like(ids, dtype=torch.bool) if text_mask is None else text_mask.to(device).bool()
+            )
             N = len(ids)
             if continuous:
 
@@ -267,7 +261,11 @@ class ImageMMDiTFamily(LatentFamily[ImageMMDiTSpec]):
             "guidance_scale": scale,
             "unconditional": unconditional,
             "image_process": (
-                {"kind": "gaussian", "parameterization": image.parameterization, "schedule": image.config.schedule}
+                {
+                    "kind": "gaussian",
+                    "parameterization": image.parameterization,
+                    "schedule": image.config.schedule,
+                }
                 if isinstance(image, GaussianDiffusion)
                 else {"kind": "masked", "levels": spec.model.levels}
             ),

@@ -137,7 +137,9 @@ class ImageMMDiT(nn.Module):
         out = self.image_head(self.final_norm[1](states[1]))
         if cfg.variant == "discrete":  # (B, N, p*p*C*V) -> (B, C*S*S, V) in pixel order
             V = self.pixel_rows
-            per_slot = out.reshape(B, out.shape[1], -1, V).permute(0, 3, 1, 2).reshape(B * V, out.shape[1], -1)
+            per_slot = (
+                out.reshape(B, out.shape[1], -1, V).permute(0, 3, 1, 2).reshape(B * V, out.shape[1], -1)
+            )
             grid = unpatchify(per_slot, cfg.patch_size, cfg.channels, cfg.image_size)
             return logits, grid.reshape(B, V, -1).transpose(1, 2)
         if cfg.variant == "continuous":

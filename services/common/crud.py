@@ -12,10 +12,11 @@ other half of the cost. A row has the same attribute names as `Job` (`JobPublic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, String, bindparam, func, insert, select
+from sqlalchemy import Connection, Float, Integer, Row, String, bindparam, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from services.common.auth import Principal
@@ -303,6 +304,113 @@ def job_metric_columns(
         .limit(limit)
     )
     return list(conn.execute(query).all())
+
+
+# A curve downsampled inside the database (the rule of services/api/downsample.py, which tests compare it
+# with): reading 100,000 rows into Python to keep 2,000 cost nearly all of a dashboard curve's time. A
+# series of `n` points over steps s0..s1 is cut into equal step ranges (max_points // 4 of them, or // 5
+# when it holds a non-finite value and max_points >= 5) and each range keeps the ids of its first and last
+# point, of its first finite minimum and maximum, and of its first non-finite point. Each of those is an
+# index seek or a range scan of (job_id, name, step) per bucket: no sort and no window over the series
+# (window functions over 100,000 rows were slower than the Python cut on SQLite). Integer arithmetic only,
+# so SQLite and PostgreSQL give the same rows; `abs(value) < :infinity` is the finiteness test on both
+# (PostgreSQL's NaN sorts above Infinity; SQLite cannot store a NaN in this NOT NULL column).
+_METRIC_SPAN_SQL = """
+WITH RECURSIVE span AS (
+    SELECT name, count(*) AS n, min(step) AS s0, max(step) AS s1,
+        min(CASE WHEN abs(value) < :infinity THEN 1 ELSE 0 END) AS all_finite
+    FROM metrics WHERE job_id = :job_id{filters}
+    GROUP BY name
+)"""
+_METRIC_BUCKETS_SQL = (
+    _METRIC_SPAN_SQL
+    + """, sized AS (
+    SELECT name, n, s0, s1, gaps, (s1 - s0 + buckets) / buckets AS width FROM (
+        SELECT name, n, s0, s1, gaps, CASE WHEN gaps = 1 THEN :max_points / 5 ELSE :max_points / 4 END AS buckets
+        FROM (SELECT span.*, CASE WHEN all_finite = 0 AND :max_points >= 5 THEN 1 ELSE 0 END AS gaps FROM span) g
+    ) s WHERE n > :max_points
+), k(k) AS (
+    SELECT 0 UNION ALL SELECT k + 1 FROM k WHERE k + 1 < :max_points / 4
+), bucket AS (
+    SELECT sized.name, sized.gaps, sized.s0 + k.k * sized.width AS lo, sized.s0 + (k.k + 1) * sized.width AS hi
+    FROM sized JOIN k ON k.k * sized.width <= sized.s1 - sized.s0
+), picked(id) AS (
+    SELECT (SELECT m.id FROM metrics m WHERE {range} ORDER BY m.step, m.id LIMIT 1) FROM bucket b
+    UNION SELECT (SELECT m.id FROM metrics m WHERE {range} ORDER BY m.step DESC, m.id DESC LIMIT 1) FROM bucket b
+    UNION SELECT (SELECT m.id FROM metrics m WHERE {range} AND abs(m.value) < :infinity
+                  ORDER BY m.value, m.step, m.id LIMIT 1) FROM bucket b
+    UNION SELECT (SELECT m.id FROM metrics m WHERE {range} AND abs(m.value) < :infinity
+                  ORDER BY m.value DESC, m.step, m.id LIMIT 1) FROM bucket b
+    UNION SELECT (SELECT m.id FROM metrics m WHERE {range} AND NOT abs(m.value) < :infinity
+                  ORDER BY m.step, m.id LIMIT 1) FROM bucket b WHERE b.gaps = 1
+    UNION SELECT m.id FROM metrics m JOIN span ON m.job_id = :job_id AND m.name = span.name
+        AND m.step >= span.s0 WHERE span.n <= :max_points
+)
+SELECT m.name, m.step, m.value, span.n FROM metrics m JOIN span ON span.name = m.name
+WHERE m.job_id = :job_id AND m.id IN (SELECT id FROM picked)
+ORDER BY m.name, m.step, m.id
+""".replace("{range}", "m.job_id = :job_id AND m.name = b.name AND m.step >= b.lo AND m.step < b.hi")
+)
+# Fewer than 4 points allowed (no room for a bucket): the last one, with the first, and the first one at
+# or after the middle step.
+_METRIC_FEW_SQL = (
+    _METRIC_SPAN_SQL
+    + """, picked(id) AS (
+    SELECT (SELECT m.id FROM metrics m WHERE m.job_id = :job_id AND m.name = span.name AND m.step >= span.s0
+            ORDER BY m.step DESC, m.id DESC LIMIT 1) FROM span
+    UNION SELECT (SELECT m.id FROM metrics m WHERE m.job_id = :job_id AND m.name = span.name AND m.step >= span.s0
+            ORDER BY m.step, m.id LIMIT 1) FROM span WHERE :max_points >= 2
+    UNION SELECT (SELECT m.id FROM metrics m WHERE m.job_id = :job_id AND m.name = span.name
+            AND m.step >= span.s0 + (span.s1 - span.s0) / 2 ORDER BY m.step, m.id LIMIT 1) FROM span
+        WHERE :max_points >= 3
+    UNION SELECT m.id FROM metrics m JOIN span ON m.job_id = :job_id AND m.name = span.name
+        AND m.step >= span.s0 WHERE span.n <= :max_points
+)
+SELECT m.name, m.step, m.value, span.n FROM metrics m JOIN span ON span.name = m.name
+WHERE m.job_id = :job_id AND m.id IN (SELECT id FROM picked)
+ORDER BY m.name, m.step, m.id
+"""
+)
+
+
+def _metric_points_statement(template: str, with_names: bool, with_since: bool) -> Any:
+    filters = " AND name IN :names" if with_names else ""
+    filters += " AND step >= :since_step" if with_since else ""
+    statement = text(template.replace("{filters}", filters)).bindparams(
+        bindparam("max_points", type_=Integer()), bindparam("infinity", type_=Float())
+    )
+    return statement.bindparams(bindparam("names", expanding=True)) if with_names else statement
+
+
+_METRIC_POINTS = {
+    (few, n, s): _metric_points_statement(_METRIC_FEW_SQL if few else _METRIC_BUCKETS_SQL, n, s)
+    for few in (False, True)
+    for n in (False, True)
+    for s in (False, True)
+}
+
+
+def job_metric_points(
+    conn: Connection | Session,
+    job_id: str,
+    *,
+    max_points: int,
+    names: Sequence[str] = (),
+    since_step: int | None = None,
+) -> list[Row[Any]]:
+    """(name, step, value, count) rows of a job's metric series, each cut to at most `max_points` points by
+    the database (first, min, max and last of equal step ranges, plus the first non-finite point of each),
+    in name then step order; `count` is the series' length before the cut. The rule is
+    services/api/downsample.py's, which tests compare it with."""
+    if max_points < 1:
+        raise ValueError("max_points must be at least 1")
+    statement = _METRIC_POINTS[max_points < 4, bool(names), since_step is not None]
+    params: dict[str, Any] = {"job_id": job_id, "max_points": max_points, "infinity": math.inf}
+    if names:
+        params["names"] = list(names)
+    if since_step is not None:
+        params["since_step"] = since_step
+    return list(conn.execute(statement, params).all())
 
 
 def count_jobs_by_queue(conn: Connection | Session, statuses: Sequence[str]) -> dict[tuple[str, str], int]:

@@ -120,10 +120,12 @@ class ApiToken(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        # claim: best waiting job of a queue; sweeper: expired leases; listing: a user's newest jobs
+        # claim: best waiting job of a queue; sweeper: expired leases; listing: a user's newest jobs;
+        # /v1/system: workers heartbeated lately (migration 0002)
         Index("ix_jobs_claim", "queue", "status", "priority", "created_at"),
         Index("ix_jobs_lease", "status", "lease_expires_at"),
         Index("ix_jobs_owner_created", "owner_id", "created_at"),
+        Index("ix_jobs_heartbeat", "heartbeat_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)

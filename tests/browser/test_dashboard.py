@@ -88,13 +88,20 @@ def job_status(stack: UiStack, job_id: str) -> str:
 
 CAPTURE_DOWNLOADS = """
 window.__downloads = [];
+const createObjectURL = URL.createObjectURL;
+URL.createObjectURL = (blob) => {
+  const href = createObjectURL(blob);
+  window.__downloads.push({href, blob});
+  return href;
+};
 HTMLAnchorElement.prototype.click = function () {
-  window.__downloads.push({name: this.download, href: this.href});
+  const found = window.__downloads.find((d) => d.href === this.href);
+  if (found) found.name = this.download;
 };
 """
 DIGEST = """
-const [href, done] = arguments;
-fetch(href).then((r) => r.arrayBuffer()).then(async (bytes) => {
+const done = arguments[0];
+window.__downloads[0].blob.arrayBuffer().then(async (bytes) => {
   const hash = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
   done([[...hash].map((b) => b.toString(16).padStart(2, '0')).join(''), bytes.byteLength]);
 }).catch((e) => done(String(e)));
@@ -179,6 +186,7 @@ def test_submit_prepare_data_from_the_form_and_watch_it_finish_without_reload(
     # the job page: events, logs and the dataset artifact with its files' sizes and checksums
     element(browser, f'tr[data-job-id="{job_id}"] a').click()
     wait_for(browser, "return document.querySelector('#job-status')?.dataset.status === 'succeeded'")
+    wait_for(browser, "return document.querySelector('.view')?.dataset.settled", what="the final job page")
     [artifact_id] = api(ui_stack, "GET", f"/v1/jobs/{job_id}").json()["artifacts"]
     artifact = api(ui_stack, "GET", f"/v1/artifacts/{artifact_id}").json()
     wait_for(
@@ -196,9 +204,9 @@ def test_submit_prepare_data_from_the_form_and_watch_it_finish_without_reload(
     js(browser, CAPTURE_DOWNLOADS)
     manifest = next(f for f in artifact["files"] if f["path"] == "manifest.json")
     element(browser, "#job-artifacts tr[data-path='manifest.json'] button").click()
-    saved = wait_for(browser, "return window.__downloads.length && window.__downloads[0]", what="a download")
-    assert saved["name"] == "manifest.json"
-    digest = browser.execute_async_script(DIGEST, saved["href"])
+    name = wait_for(browser, "return window.__downloads[0]?.name", what="a saved download")
+    assert name == "manifest.json"
+    digest = browser.execute_async_script(DIGEST)
     assert digest == [manifest["sha256"], manifest["bytes"]]
     wait_for(
         browser,
@@ -272,6 +280,7 @@ def test_train_job_curves_draw_the_points_the_metrics_api_returns(
     wait_for(browser, "return document.querySelector('#job-status')?.dataset.status === 'succeeded'", timeout_s=240,
              what="the train job to succeed")  # fmt: skip
     assert job_status(ui_stack, job["id"]) == "succeeded"
+    wait_for(browser, "return document.querySelector('.view')?.dataset.settled", what="the final job page")
     expected = _api_points(ui_stack, job["id"])
     assert {"loss", "lr"} <= set(expected) and expected["loss"][0] >= 6
     wait_for(browser, "return document.querySelectorAll('.chart').length === arguments[0]", len(expected))
@@ -289,6 +298,7 @@ def test_a_long_curve_is_downsampled_and_drawn_as_sent(ui_stack: UiStack, browse
     long = ui_stack.platform.client.submit({"kind": "probe-train", "steps": 5000, "log_lines": 0})
     assert ui_stack.platform.wait(long["id"], timeout_s=120)["status"] == "succeeded"
     sign_in(browser, ui_stack, f"#/jobs/{long['id']}")
+    wait_for(browser, "return document.querySelector('.view')?.dataset.settled", what="the final job page")
     wait_for(browser, "return document.querySelector('.chart[data-metric=loss]')?.dataset.total === '5000'")
     drawn = _chart_points(browser)
     assert drawn == _api_points(ui_stack, long["id"])
@@ -306,6 +316,7 @@ def test_cancel_a_running_job_from_its_page(ui_stack: UiStack, browser: Any, scr
     wait_for(browser, "return document.querySelector('#job-status')?.dataset.status === 'cancelled'", timeout_s=60,
              what="the cancelled state, live")  # fmt: skip
     assert job_status(ui_stack, job["id"]) == "cancelled"
+    wait_for(browser, "return document.querySelector('.view')?.dataset.settled", what="the final job page")
     assert js(browser, "return document.getElementById('job-cancel').disabled") is True
     # priority only changes while a job waits: the API's refusal is shown as it words it
     fill(browser, "#job-priority", "7")

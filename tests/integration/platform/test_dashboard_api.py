@@ -4,6 +4,7 @@ running jobs, workers seen, versions) with per-user isolation, and the dataset m
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -146,6 +147,53 @@ def test_metrics_downsampled_on_request_with_the_original_count(api: Api) -> Non
         assert response.status_code == 422, response.text
         assert any("max_points" in e["field"] for e in response.json()["errors"]), response.text
     assert api.get(f"/v1/jobs/{job}/metrics", headers=api.other, max_points=100).status_code == 404
+
+
+def test_sql_downsampling_matches_the_python_reference(api: Api) -> None:
+    """The database cuts the curve (crud.job_metric_points); services.api.downsample is the rule. Random
+    series with ties, repeated steps, +-inf (and NaN where the backend can store one: PostgreSQL; SQLite
+    turns NaN into NULL, refused by the NOT NULL column) must give the same points through the API."""
+    job = add_job(api, "alice", status="succeeded")
+    rng = np.random.default_rng(7)
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for name, n in (("loss", 4_001), ("grad_norm", 257), ("lr", 1), ("flat", 60)):
+        values = np.round(np.cumsum(rng.normal(size=n)), 1)  # rounded: equal minima/maxima in a bucket
+        if name == "flat":
+            values[:] = 2.0
+        elif n > 1:
+            for i in rng.choice(n, size=4, replace=False):
+                values[i] = math.inf
+            values[rng.integers(n)] = -math.inf
+            if not api.settings.is_sqlite:
+                values[rng.integers(n)] = math.nan
+        steps = np.sort(rng.integers(0, max(1, n // 2), size=n))  # repeated steps: ordered by id among them
+        series[name] = (steps.tolist(), values.tolist())
+    now = utcnow()
+    rows = [
+        {"job_id": job, "step": step, "name": name, "value": value, "created_at": now}
+        for name, (steps, values) in series.items()
+        for step, value in zip(steps, values, strict=True)
+    ]
+    with api.db.begin() as s:
+        s.execute(insert(Metric), rows)
+
+    def expected(name: str, max_points: int, since_step: int | None = None) -> dict[str, Any]:
+        steps, values = series[name]
+        first = 0 if since_step is None else bisect.bisect_left(steps, since_step)
+        steps, values = steps[first:], values[first:]
+        keep = downsample_indices(values, max_points, steps)
+        return {
+            "steps": [steps[i] for i in keep],
+            "values": [values[i] if math.isfinite(values[i]) else None for i in keep],
+            "count": len(steps),
+            "downsampled": len(keep) < len(steps),
+        }
+
+    for max_points in (1, 2, 3, 4, 5, 9, 64, 257, 2000):
+        got = api.get(f"/v1/jobs/{job}/metrics", max_points=max_points).json()["series"]
+        assert got == {name: expected(name, max_points) for name in series}, max_points
+    got = api.get(f"/v1/jobs/{job}/metrics", max_points=20, name=["loss", "flat"], since_step=10).json()
+    assert got["series"] == {"loss": expected("loss", 20, 10), "flat": expected("flat", 20, 10)}
 
 
 # --- system ---------------------------------------------------------------------------------------------

@@ -51,18 +51,19 @@ def test_image_model_prepare_train_generate_sample_evaluate(
     p: Platform = platform_factory(
         backend, workers_queues=[["encode", "train", "sample"]], env={**env, **TRAIN_ENV}
     )
-    with sampler_process(p, port):
-        prepared = run_job(p, {"kind": "prepare-images", "source": {"type": "digits"}})
-        data = only_artifact(p, prepared, "image-dataset")
-        assert data["metadata"]["resolution"] == 8 and data["metadata"]["channels"] == 1
-        network = {**NETWORK, "max_seq_len": data["metadata"]["caption_len"]}
-
-        trained = run_job(p, {
-            "kind": "train", "dataset": data["id"], "model": {"family": "image-mmdit", "model": network},
-            "data": {"batch_size": 32}, "optimizer": {"lr": 2e-3}, "schedule": {"kind": "cosine", "warmup_steps": 2},
-            "steps": 30, "precision": "fp32", "device": "cpu", "checkpoint": {"interval": 1000},
-            "eval": {"interval": 1000, "batches": 1}, "log": {"interval": 10, "console": False},
-        })  # fmt: skip
+    prepared = run_job(p, {"kind": "prepare-images", "source": {"type": "digits"}})
+    data = only_artifact(p, prepared, "image-dataset")
+    assert data["metadata"]["resolution"] == 8 and data["metadata"]["channels"] == 1
+    network = {**NETWORK, "max_seq_len": data["metadata"]["caption_len"]}
+    training = p.client.submit({
+        "kind": "train", "dataset": data["id"], "model": {"family": "image-mmdit", "model": network},
+        "data": {"batch_size": 32}, "optimizer": {"lr": 2e-3}, "schedule": {"kind": "cosine", "warmup_steps": 2},
+        "steps": 30, "precision": "fp32", "device": "cpu", "checkpoint": {"interval": 1000},
+        "eval": {"interval": 1000, "batches": 1}, "log": {"interval": 10, "console": False},
+    })  # fmt: skip
+    with sampler_process(p, port):  # starts while the model trains
+        trained = p.wait(training["id"], timeout_s=240)
+        assert trained["status"] == "succeeded", f"{trained}\n{p.logs()}"
         model = only_artifact(p, trained, "model")["id"]
 
         # t2i: base64 PNGs of the model's size, with the direction's guidance in the protocol

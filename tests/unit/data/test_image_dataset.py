@@ -230,16 +230,33 @@ def test_idx_files_like_mnist_become_a_dataset(tmp_path: Path) -> None:
     _write_idx(src / "t10k-images-idx3-ubyte", test)
     _write_idx(src / "t10k-labels-idx1-ubyte", np.arange(10) % 3)
     manifest = prepare_images(PrepareImagesConfig(source={"type": "idx", "path": str(src)}), tmp_path / "o")
-    assert manifest.resolution == 28 and sum(manifest.splits.values()) == 40 and manifest.labels[3] == "three"
+    assert manifest.resolution == 28 and manifest.labels[3] == "three"
+    # the official t10k files are the test split, whole and in their order; train is split by hash
+    assert manifest.splits["test"] == 10 and manifest.splits["train"] + manifest.splits["validation"] == 30
+    assert manifest.source["test_split"] == "t10k"
     data = ImageDataset.open(tmp_path / "o")
+    official = data.split("test")
+    assert np.array_equal(np.asarray(official.images)[:, 0], test.astype(np.uint8))
+    assert list(official.labels) == (np.arange(10) % 3).tolist()
+    assert official.captions([2]) == ["a two written by hand"]
     rows = {}
     for split in ("train", "validation"):
         part = data.split(split)
         for caption, pixels, label in zip(part.captions(), np.asarray(part.images), part.labels, strict=True):
             rows[pixels.tobytes()] = (caption, int(label))
+    assert len(rows) == 30
     index = 7  # train image 7: label 7, the 4th template
     assert rows[train[index].astype(np.uint8)[None].tobytes()] == ("an image of a seven", 7)
-    assert rows[test[2].astype(np.uint8)[None].tobytes()] == ("a two written by hand", 2)
+
+    pooled = PrepareImagesConfig(source={"type": "idx", "path": str(src), "test_prefix": None})
+    manifest = prepare_images(pooled, tmp_path / "pooled")  # the old behaviour: every pair split by hash
+    assert "test" not in manifest.splits and sum(manifest.splits.values()) == 40
+    only_test = tmp_path / "only-t10k"
+    only_test.mkdir()
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (only_test / name).write_bytes((src / name).read_bytes())
+    with pytest.raises(ValueError, match="0 readable image.*10 in the source's own test set"):
+        prepare_images(PrepareImagesConfig(source={"type": "idx", "path": str(only_test)}), tmp_path / "x")
 
     config = PrepareImagesConfig(
         source={"type": "idx", "path": str(src), "label_names": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"],

@@ -112,6 +112,30 @@ def rgb_batch(digits: DigitsDataset, n: int = 6) -> dict[str, torch.Tensor]:
     }  # fmt: skip
 
 
+def test_discrete_patch_tokens_keep_pixel_order() -> None:
+    """A head that copies each input pixel's level to its logits gives the input back: the patch grouping
+    of the discrete variant's input and output use the same pixel order (RGB, 2 x 2 patches)."""
+    from mmdlm.models.image_mmdit import ImageMMDiT
+
+    model = ImageMMDiT(rgb_spec("discrete").model.model_copy(update={"patch_size": 2}), 16, 8)
+    levels = torch.randint(0, 8, (2, 3 * 12 * 12))
+    slots = patchify(levels.reshape(2, 3, 12, 12), 2)  # (B, 36, 12) levels, the input grouping
+    model.image_head = torch.nn.Identity()
+    model.final_norm[1] = torch.nn.Identity()
+    model.blocks = torch.nn.ModuleList()
+    model.image_in = torch.nn.Identity()
+    model.image_position = torch.nn.Parameter(torch.zeros(1, 36, 12 * 8))
+    model.pixel_embed = torch.nn.Embedding.from_pretrained(torch.eye(8))  # one-hot per pixel
+    text = torch.zeros(2, 4, dtype=torch.long)
+    model.text_head = torch.nn.Linear(12 * 8, 16)
+    model.final_norm[0] = torch.nn.Identity()
+    model.token_embed = torch.nn.Embedding(16, 12 * 8)
+    model.text_position = torch.nn.Parameter(torch.zeros(1, 8, 12 * 8))
+    _, logits = model(text, levels, torch.zeros(2), torch.zeros(2))
+    assert slots.shape == (2, 36, 12)
+    assert torch.equal(logits.argmax(-1), levels)
+
+
 def test_quantize_round_trips_every_level_count() -> None:
     from mmdlm.models.image_mmdit import dequantize, quantize
 
@@ -124,11 +148,11 @@ def test_quantize_round_trips_every_level_count() -> None:
     assert torch.equal(quantize((digits_levels / 16 * 2 - 1).reshape(1, 1, 1, 17), 17)[0], digits_levels)
 
 
-@pytest.mark.parametrize("variant", ["continuous", "discrete"])
-@pytest.mark.parametrize("parameterization", ["epsilon", "v", "x0"])
+@pytest.mark.parametrize(
+    ("variant", "parameterization"),
+    [("continuous", "epsilon"), ("continuous", "v"), ("continuous", "x0"), ("discrete", "epsilon")],
+)
 def test_rgb_objective_and_every_mode(variant: str, parameterization: str, digits: DigitsDataset) -> None:
-    if variant == "discrete" and parameterization != "epsilon":
-        pytest.skip("the parameterisation is the continuous variant's")
     family = get_family("image-mmdit")
     built = family.build(rgb_spec(variant, image={"parameterization": parameterization, "normalization": "none"}),
                          digits.vocab)  # fmt: skip
@@ -160,7 +184,11 @@ def test_condition_dropout_per_direction(digits: DigitsDataset) -> None:
     spec_ = rgb_spec("continuous", mode="t2l", text_dropout=1.0, image_dropout=0.0)
     built = family.build(spec_, digits.vocab)
     batch = rgb_batch(digits)
-    other = {**batch, "input_ids": batch["input_ids"].flip(0), "attention_mask": batch["attention_mask"].flip(0)}
+    other = {
+        **batch,
+        "input_ids": batch["input_ids"].flip(0),
+        "attention_mask": batch["attention_mask"].flip(0),
+    }
     a = built.objective(built.model, batch, torch.Generator().manual_seed(1)).metrics["image_loss"]
     b = built.objective(built.model, other, torch.Generator().manual_seed(1)).metrics["image_loss"]
     torch.testing.assert_close(a, b)
@@ -228,6 +256,39 @@ def test_image_eval_protocols(digits: DigitsDataset, tmp_path: Path) -> None:
         protocol = result[key]["protocol"]
         assert {"split", "num_samples", "steps", "sampler", "precision", "guidance_scale"} <= set(protocol)
         assert protocol["num_samples"] == 12 and protocol["split"] == "validation"
-    assert result["t2i"]["protocol"]["guidance_scale"] == 2.0 and "classifier" in result["frechet"]["protocol"]
+    assert (
+        result["t2i"]["protocol"]["guidance_scale"] == 2.0 and "classifier" in result["frechet"]["protocol"]
+    )
     assert result["frechet"]["protocol"]["name"] == "frechet-classifier-features"
     assert result["samples"]["t2i"].shape == (12, 1, 8, 8)
+
+
+@pytest.mark.parametrize("variant", ["continuous", "discrete"])
+def test_rgb_image_dataset_trains_and_samples(variant: str, tmp_path: Path) -> None:
+    """A prepared 12x12 RGB image-dataset (E1's format) opens, trains and samples through the family;
+    a model of another size or channel count is refused naming the field."""
+    from mmdlm.config.images import PrepareImagesConfig
+    from mmdlm.data.image_prepare import prepare_images
+    from tests.unit.data.image_folders import write_folder
+
+    write_folder(tmp_path / "src", bad=False)
+    config = PrepareImagesConfig(
+        source={"type": "folder", "path": str(tmp_path / "src")}, resolution=12, channels=3, caption_len=8,
+        validation_fraction=0.25,
+    )  # fmt: skip
+    prepare_images(config, tmp_path / "data")
+    family = get_family("image-mmdit")
+    data = family.open_dataset(rgb_spec(variant), tmp_path / "data")
+    built = family.build(rgb_spec(variant), data.vocab)
+    family.bind_dataset(built, data)
+    batch = {k: torch.from_numpy(v) for k, v in data.split("train").get_batch(range(4)).items()}
+    assert batch["image"].shape == (4, 3, 12, 12)
+    out = built.objective(built.model, batch, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss)
+    cfg = ImageSampleConfig(mode="t2l", latent_steps=2, image_guidance_scale=2.0)
+    images = family.generate(built, cfg, text_ids=batch["input_ids"], text_mask=batch["attention_mask"])
+    assert images.latents.shape == (4, 3, 12, 12)
+    with pytest.raises(ValueError, match="model.channels=1"):
+        family.open_dataset({"model": {"image_size": 12, "patch_size": 4}}, tmp_path / "data")
+    with pytest.raises(ValueError, match="model.image_size=8"):
+        family.open_dataset({"model": {"channels": 3}}, tmp_path / "data")

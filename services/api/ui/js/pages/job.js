@@ -90,8 +90,12 @@ export async function render(page, { id, query, signal }) {
     }
   };
 
+  let shownArtifacts = null;
   const loadArtifacts = async () => {
     const answer = await api(`/v1/artifacts${qs({ job_id: id, limit: 100 })}`, { signal });
+    const ids = answer.data.map((a) => a.id).join(",");
+    if (ids === shownArtifacts) return; // unchanged: keep the rendered list (no flicker, no lost clicks)
+    shownArtifacts = ids;
     if (!answer.data.length) {
       clear(artifacts, h("p.muted", {}, "no artifacts"));
       return;
@@ -197,4 +201,5 @@ export async function render(page, { id, query, signal }) {
   if (signal.aborted) return;
   show(await api(`/v1/jobs/${id}`, { signal }));
   await Promise.all([loadMetrics(true), loadArtifacts()]);
+  page.dataset.settled = "true"; // the job ended and its final metrics and artifacts are shown
 }
