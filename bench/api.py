@@ -23,9 +23,10 @@ PostgreSQL connections opened per 15 s under load (target <= the pool size): the
 `mmdlm_db_connections_opened_total` (pool 'connect' events, from /metrics) and the server's
 `pg_stat_database.sessions` (PostgreSQL >= 14), which also counts for an API without that metric.
 
-`--baseline-root DIR` also starts an API from another checkout (e.g. `git worktree add /tmp/base REV`)
-with this venv, each on its own fresh database, and measures every cell on both back to back: before and
-after under the same machine load, in one run.
+`--baseline-root DIR` also starts an API from another checkout (e.g. `git archive REV | tar -x -C
+/tmp/base`) with this venv, each on its own fresh database migrated by its own code and seeded with the
+same number of jobs, and measures every cell on both back to back: before and after under the same
+machine load, in one run.
 
     python bench/api.py                                   # both backends, 4 s per cell
     python bench/api.py --backends embedded --duration 2 --ops healthz status
@@ -58,7 +59,6 @@ sys.path.insert(0, str(REPO))
 
 from services.common.auth import create_token  # noqa: E402
 from services.common.db import Database  # noqa: E402
-from services.common.migrate import upgrade  # noqa: E402
 from tests.utils.servers import free_port, postgres_database, redis_namespace, stop_process_group  # noqa: E402
 
 SPEC = {
@@ -349,7 +349,11 @@ def _variant(name: str, root: Path, backend: str, args: argparse.Namespace, stac
         database_url = db_url
     else:
         database_url = f"sqlite:///{workdir / 'home' / 'mmdlm.sqlite'}"
-    upgrade(database_url)
+    # each variant's own migrations: a baseline must not meet a revision it does not know
+    subprocess.run(
+        [sys.executable, "-m", "services.cli", "migrate"], env={**env, "MMDLM_DATABASE_URL": database_url},
+        cwd=root, check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
     database = Database(database_url)
     with database.begin() as session:
         _, token = create_token(session, f"bench-{secrets.token_hex(3)}")

@@ -325,15 +325,17 @@ WITH RECURSIVE span AS (
 _METRIC_BUCKETS_SQL = (
     _METRIC_SPAN_SQL
     + """, sized AS (
-    SELECT name, n, s0, s1, gaps, (s1 - s0 + buckets) / buckets AS width FROM (
+    SELECT name, n, s0, s1, gaps, (s1 - s0) / buckets + 1 AS width FROM (
         SELECT name, n, s0, s1, gaps, CASE WHEN gaps = 1 THEN :max_points / 5 ELSE :max_points / 4 END AS buckets
         FROM (SELECT span.*, CASE WHEN all_finite = 0 AND :max_points >= 5 THEN 1 ELSE 0 END AS gaps FROM span) g
     ) s WHERE n > :max_points
 ), k(k) AS (
     SELECT 0 UNION ALL SELECT k + 1 FROM k WHERE k + 1 < :max_points / 4
-), bucket AS (
-    SELECT sized.name, sized.gaps, sized.s0 + k.k * sized.width AS lo, sized.s0 + (k.k + 1) * sized.width AS hi
-    FROM sized JOIN k ON k.k * sized.width <= sized.s1 - sized.s0
+), bucket AS (  -- steps lo..last; no sum can pass s1, so a step near 2^63 cannot overflow
+    SELECT name, gaps, lo, CASE WHEN lo > s1 - (width - 1) THEN s1 ELSE lo + (width - 1) END AS last FROM (
+        SELECT sized.name, sized.gaps, sized.s1, sized.width, sized.s0 + k.k * sized.width AS lo
+        FROM sized JOIN k ON k.k * sized.width <= sized.s1 - sized.s0
+    ) b
 ), picked(id) AS (
     SELECT (SELECT m.id FROM metrics m WHERE {range} ORDER BY m.step, m.id LIMIT 1) FROM bucket b
     UNION SELECT (SELECT m.id FROM metrics m WHERE {range} ORDER BY m.step DESC, m.id DESC LIMIT 1) FROM bucket b
@@ -349,7 +351,7 @@ _METRIC_BUCKETS_SQL = (
 SELECT m.name, m.step, m.value, span.n FROM metrics m JOIN span ON span.name = m.name
 WHERE m.job_id = :job_id AND m.id IN (SELECT id FROM picked)
 ORDER BY m.name, m.step, m.id
-""".replace("{range}", "m.job_id = :job_id AND m.name = b.name AND m.step >= b.lo AND m.step < b.hi")
+""".replace("{range}", "m.job_id = :job_id AND m.name = b.name AND m.step >= b.lo AND m.step <= b.last")
 )
 # Fewer than 4 points allowed (no room for a bucket): the last one, with the first, and the first one at
 # or after the middle step.
