@@ -11,7 +11,8 @@ The gateway runs the same rule in SQL (`services.common.crud.job_metric_points`:
 one range scan, so a 100,000-row curve never leaves the database); this module is its reference (tests
 compare the two) and the bench's baseline. Integer arithmetic only, which SQL reproduces exactly on SQLite
 and PostgreSQL alike: a series over steps s0..s1 cut into `buckets` has buckets `width` =
-(s1 - s0) // buckets + 1 steps wide, and the point at `step` falls in bucket (step - s0) // width.
+ceil((s1 - s0) / buckets) steps wide, and the point at `step` falls in bucket
+min((step - s0) // width, buckets - 1); no sum passes s1, so steps near 2^63 do not overflow.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def downsample_indices(
     # a gap is kept as its own point when there is room for 5 per bucket (not at max_points == 4)
     has_gaps = not bool(finite.all()) and max_points >= PER_BUCKET_WITH_GAPS
     buckets = max_points // (PER_BUCKET_WITH_GAPS if has_gaps else PER_BUCKET)
-    width = (s1 - s0) // buckets + 1  # = ceil((s1 - s0 + 1) / buckets), with no sum past s1
-    bucket = (at - s0) // width
+    width = 1 if s1 == s0 else (s1 - s0 - 1) // buckets + 1  # ceil((s1 - s0) / buckets), no overflow
+    bucket = np.minimum((at - s0) // width, buckets - 1)  # the last bucket takes s1 itself
     edges = np.flatnonzero(np.diff(bucket)) + 1  # where a new (non-empty) bucket starts
     # +inf / -inf never win a min / max: a non-finite point is kept as a gap, not as an extreme
     for_min = np.where(finite, array, np.inf)

@@ -325,16 +325,18 @@ WITH RECURSIVE span AS (
 _METRIC_BUCKETS_SQL = (
     _METRIC_SPAN_SQL
     + """, sized AS (
-    SELECT name, n, s0, s1, gaps, (s1 - s0) / buckets + 1 AS width FROM (
+    SELECT name, n, s0, s1, gaps, buckets,
+        CASE WHEN s1 = s0 THEN 1 ELSE (s1 - s0 - 1) / buckets + 1 END AS width FROM (
         SELECT name, n, s0, s1, gaps, CASE WHEN gaps = 1 THEN :max_points / 5 ELSE :max_points / 4 END AS buckets
         FROM (SELECT span.*, CASE WHEN all_finite = 0 AND :max_points >= 5 THEN 1 ELSE 0 END AS gaps FROM span) g
     ) s WHERE n > :max_points
 ), k(k) AS (
     SELECT 0 UNION ALL SELECT k + 1 FROM k WHERE k + 1 < :max_points / 4
-), bucket AS (  -- steps lo..last; no sum can pass s1, so a step near 2^63 cannot overflow
-    SELECT name, gaps, lo, CASE WHEN lo > s1 - (width - 1) THEN s1 ELSE lo + (width - 1) END AS last FROM (
-        SELECT sized.name, sized.gaps, sized.s1, sized.width, sized.s0 + k.k * sized.width AS lo
-        FROM sized JOIN k ON k.k * sized.width <= sized.s1 - sized.s0
+), bucket AS (  -- steps lo..last, the last bucket up to s1: no sum passes s1 (no overflow near 2^63)
+    SELECT name, gaps, lo,
+        CASE WHEN k = buckets - 1 OR lo > s1 - (width - 1) THEN s1 ELSE lo + (width - 1) END AS last FROM (
+        SELECT sized.name, sized.gaps, sized.s1, sized.width, sized.buckets, k.k, sized.s0 + k.k * sized.width AS lo
+        FROM sized JOIN k ON k.k < sized.buckets AND k.k * sized.width <= sized.s1 - sized.s0
     ) b
 ), picked(id) AS (
     SELECT (SELECT m.id FROM metrics m WHERE {range} ORDER BY m.step, m.id LIMIT 1) FROM bucket b
