@@ -289,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face generate comparison")
+    parser.add_argument(
+        "--skip-train", action="store_true", help="sampling cells only (matmul peak still timed)"
+    )
+    parser.add_argument("--skip-sample", action="store_true", help="training cells only")
     parser.add_argument("--out", type=Path, default=Path("var/bench/families.json"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -314,16 +318,16 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
         built = {f: build(f, args, vocab, Path(tmp), device) for f in families}
     cells = {f: TrainCell(built[f], batch, device) for f in families}
     flops = {}
-    for f in families:
+    keys = [] if args.skip_train else [(f, p, c) for f in families for p in precisions for c in compiles]
+    for f in {k[0] for k in keys}:
         flops[f] = train_step_flops(built[f].model, built[f].objective, batch, args.hidden, args.blocks)
-    keys = [(f, p, c) for f in families for p in precisions for c in compiles]
     for key in keys:  # warm-up: the first step of a cell (compile time when compiled)
         f, p, c = key
         with PeakMemory(device) as mem:
             first = cells[f].step(p, c)
         train[key] = {"first_step_s": first, "times": [], "peak_mb": mem.mb}
         print(f"train warm-up {f:5s} {p:4s} compile={'on' if c else 'off'}: {first:.2f} s", flush=True)
-    for r in range(args.train_rounds):
+    for r in range(args.train_rounds if keys else 1):
         for p in precisions:
             peaks[p].append(
                 matmul_flops(torch.bfloat16 if p == "bf16" else torch.float32, args.gemm_size, 5, device)
@@ -356,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
                         steps=args.steps, seed=0)  # fmt: skip
     sample: dict[tuple[str, str, bool], dict[str, Any]] = {}
     skeys: list[tuple[str, str, bool]] = [(f, p, c) for f in diffusion for p in precisions for c in compiles]
-    if "ar" in families:
+    if args.skip_sample:
+        skeys = []
+    elif "ar" in families:
         skeys += [(v, p, c) for v in ("ar", "ar-f32") for p in precisions for c in compiles]
         if not args.no_hf:
             skeys += [("hf-generate", p, False) for p in precisions]
