@@ -57,7 +57,11 @@ export function num(v) {
   if (typeof v !== "number") return String(v);
   if (Number.isInteger(v)) return v.toLocaleString("en");
   const a = Math.abs(v);
-  return a !== 0 && (a < 1e-3 || a >= 1e6) ? v.toExponential(3) : v.toPrecision(5).replace(/\.?0+$/, "");
+  if (a !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(3);
+  // trailing zeros go only after a decimal point: 12340.2 -> "12340", never "1234"
+  const fixed = v.toPrecision(5);
+  if (fixed.includes("e")) return v.toExponential(3); // 99999.99 rounds up to 1.0000e+5
+  return fixed.includes(".") ? fixed.replace(/\.?0+$/, "") : fixed;
 }
 
 export function when(iso) {

@@ -79,7 +79,8 @@ export function plot(series, { xlabel = "", ylabel = "", logx = false, logy = fa
       svg.append(el("polyline", { points: pts.map(([x, y]) => `${px(x)},${py(y)}`).join(" "), fill: "none", stroke: c, "stroke-width": 2 }));
     }
     for (const [x, y, note] of pts) {
-      const dot = el("circle", { cx: px(x), cy: py(y), r: s.line ? 3.5 : 5, fill: c, class: "dot" });
+      // the exact coordinates ride along, so a test (or a user's devtools) reads what each dot stands for
+      const dot = el("circle", { cx: px(x), cy: py(y), r: s.line ? 3.5 : 5, fill: c, class: "dot", "data-series": s.label, "data-x": x, "data-y": y });
       dot.append(el("title", {}, `${s.label}${note ? ` ${note}` : ""}: (${fmt(x)}, ${fmt(y)})`));
       svg.append(dot);
     }

@@ -121,8 +121,10 @@ async function renderCompare(page, ids, signal) {
       rows.sort((a, b) => {
         const va = sortKey === "model" ? a.model : a.values[sortKey];
         const vb = sortKey === "model" ? b.model : b.values[sortKey];
-        if (va === null || va === undefined) return 1;
-        if (vb === null || vb === undefined) return -1;
+        // models without the value go last either way (and keep their order: a consistent comparator)
+        const na = va === null || va === undefined;
+        const nb = vb === null || vb === undefined;
+        if (na || nb) return na === nb ? 0 : na ? 1 : -1;
         return (va < vb ? -1 : va > vb ? 1 : 0) * sortDir;
       });
     }
