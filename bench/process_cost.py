@@ -105,10 +105,17 @@ def measure(vocab: int, clusters: int, reps: int, seed: int = 0) -> dict[str, fl
 
             fns["loss_" + name], fns["net_" + name] = loss_only, network
         tm = round_robin(fns, reps)
-        mdlm = tm["net_mdlm"] + tm["loss_mdlm"]
+        # networks of the same shape (MDLM and GIDD+) share one timing: the mean of their medians
+        net = {
+            name: statistics.fmean(
+                tm["net_" + other] for other in procs if procs[other].layout.rows == procs[name].layout.rows
+            )
+            for name in procs
+        }
+        mdlm = net["mdlm"] + tm["loss_mdlm"]
         for name in procs:
-            res[f"train_proc_over_net_{name}_{prec}"] = tm["loss_" + name] / tm["net_" + name]
-            res[f"train_ratio_to_mdlm_{name}_{prec}"] = mdlm / (tm["net_" + name] + tm["loss_" + name])
+            res[f"train_proc_over_net_{name}_{prec}"] = tm["loss_" + name] / net[name]
+            res[f"train_ratio_to_mdlm_{name}_{prec}"] = mdlm / (net[name] + tm["loss_" + name])
         ratios: dict[str, list[float]] = {name: [] for name in procs}
         for t in (0.9, 0.5, 0.1):
             fns = {}
@@ -120,7 +127,10 @@ def measure(vocab: int, clusters: int, reps: int, seed: int = 0) -> dict[str, fl
                     logits = net(zt, t_net)
 
                 def step(
-                    proc: DiscreteProcess = proc, zt: torch.Tensor = zt, logits: torch.Tensor = logits
+                    proc: DiscreteProcess = proc,
+                    zt: torch.Tensor = zt,
+                    logits: torch.Tensor = logits,
+                    t: float = t,
                 ) -> None:
                     proc.reverse_step(logits, zt, t, t - 1 / 64, g, SamplingOptions())
 

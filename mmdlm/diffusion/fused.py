@@ -158,3 +158,28 @@ def cluster_row_terms(
         text: (V_r,) bool. A cluster without text ids has log-mass -inf.
     """
     return _ClusterRowTerms.apply(logits, x, sel, segment, text)
+
+
+def text_logsumexp(logits: Tensor, text: Tensor) -> Tensor:
+    """log sum_{v in text} exp(logits[:, v]) per row, float32 (R,), without a masked copy of the logits.
+
+    When only a few ids below the last text id are excluded ([MASK], [PAD]), the sum runs over the plain
+    slice and their share s is taken out, lse + log1p(-s); rows where s > 1/2 (the excluded ids hold most of
+    the mass, so log1p(-s) would lose digits) are recomputed with the masked sum.
+    """
+    ids = torch.nonzero(text).flatten()
+    hi = int(ids[-1]) + 1
+    excluded = torch.nonzero(~text[:hi]).flatten()
+    if excluded.numel() > 16:
+        return torch.logsumexp(logits.float().masked_fill(~text, float("-inf")), dim=-1)
+    lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    for lo, hi_row in _chunks(logits):
+        lse[lo:hi_row] = torch.logsumexp(logits[lo:hi_row, :hi].float(), dim=-1)
+    if excluded.numel() == 0:
+        return lse
+    share = torch.exp(logits[:, excluded].float() - lse[:, None]).sum(dim=-1)
+    out = lse + torch.log1p(-share.clamp(max=0.5))
+    bad = share > 0.5
+    if bool(bad.any()):
+        out[bad] = torch.logsumexp(logits[bad].float().masked_fill(~text, float("-inf")), dim=-1)
+    return out

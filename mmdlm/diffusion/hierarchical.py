@@ -17,8 +17,9 @@ K_theta(c) = sum_v x̂_v K(c | v) = xi P_c + (1-xi)/(C-1) (1 - P_c)):
     z_t = MASK:     (m'_t / m_t)   KL( K(. | x) || K_theta )                   (= -log P_c(x) for xi = 1)
     z_t = cluster:  (-alpha'_t / c_t) (-log p_theta(x | z_t)),  p_theta(v | c) = x̂_v K(c | v) / K_theta(c)
                                                                                (= -log x̂_x / P_c(x) for xi = 1)
-Cluster sums use a segment logsumexp over token logits in float32: no (positions x V) membership tensor
-(bug 25) and no bf16 rounding (bug 20).
+Cluster sums are float32 log-sum-exps over token logits: no (positions x V) membership tensor (bug 25) and no
+bf16 rounding (bug 20). For xi = 1 a position needs one cluster's mass only, computed fused row by row
+(`mmdlm.diffusion.fused.cluster_row_terms`, issue 12); xi < 1 uses a segment logsumexp over all C clusters.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mmdlm.diffusion.fused import CHUNK_ROWS, cluster_row_terms, gidd_row_terms
+from mmdlm.diffusion.fused import CHUNK_ROWS, cluster_row_terms, gidd_row_terms, text_logsumexp
 
 R, V = 3 * CHUNK_ROWS + 5, 37  # rows span several chunks, the last one partial
 
@@ -71,3 +71,14 @@ def test_cluster_row_terms_match_dense_autograd_float32_and_bf16() -> None:
         (ref,) = torch.autograd.grad((w[0] * ref_x).sum() + (w[1] * ref_p).sum(), logits)
         assert grad.dtype == dtype
         torch.testing.assert_close(grad.float(), ref.float(), **tol)
+
+
+def test_text_logsumexp_matches_masked_logsumexp_including_dominant_excluded_ids() -> None:
+    g = torch.Generator().manual_seed(2)
+    text = _text()
+    logits = torch.randn(R, V, generator=g) * 3
+    logits[:5, 30] = 40.0  # [MASK] holds nearly all the mass: the masked fallback
+    logits[5:9, 0] = 5.0  # [PAD] holds a sizeable share: the log1p correction
+    ref = torch.logsumexp(logits.masked_fill(~text, float("-inf")), dim=-1)
+    torch.testing.assert_close(text_logsumexp(logits, text), ref)
+    torch.testing.assert_close(text_logsumexp(logits.bfloat16(), text), ref, rtol=2e-2, atol=5e-2)
