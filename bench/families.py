@@ -52,7 +52,7 @@ from mmdlm.config.sample import SampleConfig  # noqa: E402
 from mmdlm.config.train import OptimizerSection  # noqa: E402
 from mmdlm.data.vocab import VocabInfo  # noqa: E402
 from mmdlm.families import Built, get_family  # noqa: E402
-from mmdlm.training.flops import train_step_flops  # noqa: E402
+from mmdlm.training.flops import matmul_peak_flops, sync, train_step_flops  # noqa: E402
 from mmdlm.training.optim import build_optimizer  # noqa: E402
 
 FAMILIES = ("mdlm", "gidd", "hdlm", "ar")
@@ -61,11 +61,6 @@ COMPILE = (False, True)
 
 
 # --- timing and memory -----------------------------------------------------------------------------------
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class PeakMemory:
@@ -99,21 +94,6 @@ class PeakMemory:
             self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         elif self.before is not None:
             self.mb = self._status("VmHWM") - self.before
-
-
-def matmul_flops(dtype: torch.dtype, n: int, repeats: int, device: torch.device) -> float:
-    """Median FLOP/s of an n x n x n matmul in `dtype` (the same-precision peak of this machine, now)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    torch.matmul(a, b)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -330,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
     for r in range(args.train_rounds if keys else 1):
         for p in precisions:
             peaks[p].append(
-                matmul_flops(torch.bfloat16 if p == "bf16" else torch.float32, args.gemm_size, 5, device)
+                matmul_peak_flops(torch.bfloat16 if p == "bf16" else torch.float32, args.gemm_size, 5, device)
             )
         order = keys if r % 2 == 0 else keys[::-1]
         for key in order:

@@ -39,29 +39,8 @@ import mmdlm  # noqa: E402
 from mmdlm.config.data import PrepareDataConfig  # noqa: E402
 from mmdlm.data import prepare_dataset  # noqa: E402
 from mmdlm.training.debug import debug_train_config  # noqa: E402
-from mmdlm.training.flops import train_step_flops  # noqa: E402
+from mmdlm.training.flops import matmul_peak_flops, sync, train_step_flops  # noqa: E402
 from mmdlm.training.trainer import Trainer  # noqa: E402
-
-
-def gemm_peak(dtype: torch.dtype, n: int, repeats: int, device: torch.device) -> float:
-    """Median FLOP/s of an n x n x n matmul in `dtype`."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    for _ in range(2):
-        torch.matmul(a, b)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def step_flops(trainer: Trainer, batch: dict[str, torch.Tensor]) -> float:
@@ -162,8 +141,8 @@ def main() -> int:
     precisions = [p for p in args.precisions.split(",") if p]
 
     peaks = {
-        "bf16": gemm_peak(torch.bfloat16, args.gemm_size, 5, device),
-        "fp32": gemm_peak(torch.float32, args.gemm_size, 5, device),
+        "bf16": matmul_peak_flops(torch.bfloat16, args.gemm_size, 5, device),
+        "fp32": matmul_peak_flops(torch.float32, args.gemm_size, 5, device),
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,9 +152,11 @@ def main() -> int:
             for precision in precisions:
                 dtype = torch.bfloat16 if precision == "bf16" else torch.float32
                 # the machine may be shared: measure the peak right before and after this row, keep the best
-                before = gemm_peak(dtype, args.gemm_size, 5, device)
+                before = matmul_peak_flops(dtype, args.gemm_size, 5, device)
                 row = bench_family(family, args, dataset, clusters, precision, workdir, args.device)
-                row["peak_flops"] = max(before, gemm_peak(dtype, args.gemm_size, 5, device), peaks[precision])
+                row["peak_flops"] = max(
+                    before, matmul_peak_flops(dtype, args.gemm_size, 5, device), peaks[precision]
+                )
                 row["mfu"] = row["flops_per_s"] / row["peak_flops"]
                 rows.append(row)
                 print(

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import yaml
 from pydantic import ValidationError
@@ -66,6 +66,22 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
     context = getattr(exc, "context", None)
     return f"{where}{problem}" + (f" ({context})" if context else "")
+
+
+def set_options(data: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Write the CLI flags that were given (dotted keys, `None` = not given) into a config mapping, so
+    flags override the config file and `--set` overrides both."""
+    for key, value in options.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = value
+    return data
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

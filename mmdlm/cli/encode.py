@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mmdlm.cli.common import fail, run_guarded, setup_logging
+from mmdlm.cli.common import fail, run_guarded, set_options, setup_logging
 
 
 def _config(options: dict[str, Any], config_file: Path | None, overrides: list[str]) -> Any:
@@ -19,14 +19,7 @@ def _config(options: dict[str, Any], config_file: Path | None, overrides: list[s
     from mmdlm.config.latent import EncodeConfig
 
     data: dict[str, Any] = load_mapping(config_file) if config_file else {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    set_options(data, options)
     return EncodeConfig.model_validate(apply_overrides(data, overrides))
 
 

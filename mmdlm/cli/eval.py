@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mmdlm.cli.common import fail, run_guarded, setup_logging
+from mmdlm.cli.common import fail, run_guarded, set_options, setup_logging
 
 
 def _build_config(options: dict[str, Any], config_file: Path | None, overrides: list[str]) -> Any:
@@ -16,16 +16,7 @@ def _build_config(options: dict[str, Any], config_file: Path | None, overrides: 
     from mmdlm.config.eval import EvalConfig
 
     data: dict[str, Any] = load_mapping(config_file) if config_file else {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[leaf] = value
+    set_options(data, options)
     return EvalConfig.model_validate(apply_overrides(data, overrides))
 
 

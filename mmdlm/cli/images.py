@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mmdlm.cli.common import fail, run_guarded, setup_logging
+from mmdlm.cli.common import fail, run_guarded, set_options, setup_logging
 
 
 def _config(options: dict[str, Any], config_file: Path | None, overrides: list[str]) -> Any:
@@ -22,14 +22,7 @@ def _config(options: dict[str, Any], config_file: Path | None, overrides: list[s
     data: dict[str, Any] = load_mapping(config_file) if config_file else {}
     if isinstance(data.get("source"), str):  # `source: digits` shorthand, before the flags add to it
         data["source"] = {"type": data["source"]}
-    for key, value in options.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    set_options(data, options)
     return PrepareImagesConfig.model_validate(apply_overrides(data, overrides))
 
 

@@ -44,3 +44,29 @@ def train_step_flops(
     linear = forward_linear_flops(model, lambda: objective(model, batch, torch.Generator(device)))
     B, L = batch["input_ids"].shape
     return 3.0 * (linear + 4 * B * L * L * hidden_size * n_blocks)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock interval covers it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_flops(dtype: torch.dtype, n: int, repeats: int, device: torch.device) -> float:
+    """Median FLOP/s of an n x n x n matmul in `dtype`: this machine's same-precision peak, measured now,
+    the denominator of a training run's share of peak."""
+    import statistics
+    import time
+
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        torch.matmul(a, b)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)

@@ -199,26 +199,6 @@ def events_after(conn: Connection | Session, job_id: str, after_id: int, limit: 
     return list(conn.execute(_EVENTS_AFTER, {"job_id": job_id, "after_id": after_id, "limit": limit}).all())
 
 
-def job_metrics(
-    session: Session,
-    job_id: str,
-    *,
-    names: Sequence[str] = (),
-    since_step: int | None = None,
-    limit: int = 100_000,
-) -> list[Metric]:
-    filters = [Metric.job_id == job_id]
-    if names:
-        filters.append(Metric.name.in_(list(names)))
-    if since_step is not None:
-        filters.append(Metric.step >= since_step)
-    return list(
-        session.execute(
-            select(Metric).where(*filters).order_by(Metric.name, Metric.step, Metric.id).limit(limit)
-        ).scalars()
-    )
-
-
 def get_artifact(session: Session, artifact_id: str, owner_id: int) -> Artifact | None:
     return session.execute(
         _OWNED_ARTIFACT, {"artifact_id": artifact_id, "owner_id": owner_id}

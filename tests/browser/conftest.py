@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.utils.fixtures import BACKEND_PARAMS, _backend
+from tests.utils.fixtures import BACKEND_PARAMS, _backend, need
 from tests.utils.harness import REPO, Platform
 
 CHROMIUM = Path(os.environ.get("BROWSER_CHROMIUM", "/usr/bin/chromium"))
@@ -44,15 +44,6 @@ WINDOW = (1400, 900)
 APT_TIMEOUT_S = 900
 
 SHOTS: list[Path] = []
-
-
-def need(condition: bool, message: str) -> None:
-    """Missing prerequisites skip the suite on a developer machine and fail it under CI."""
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def install_chromium() -> None:

@@ -19,18 +19,10 @@ import pytest
 
 from tests.containers.engine import Engine, EngineUnavailable, docker_engine
 from tests.containers.images import REPO, base_tarball, wheelhouse
+from tests.utils.fixtures import need
 
 REPORT: dict[str, object] = {}
 REPORT_FILE = REPO / "var" / "containers" / "report.json"
-
-
-def need(condition: bool, message: str) -> None:
-    """Missing prerequisites skip the suite on a developer machine and fail it under CI."""
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

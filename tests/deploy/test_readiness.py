@@ -69,8 +69,8 @@ def test_readyz_reports_a_schema_behind_the_code(
     postgres_database: Callable[[], AbstractContextManager[str]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An older revision the code knows: with a single migration that is `base` (no tables), so the
-    code's own script list is extended with a second, later head for the check."""
+    """A database at this code's head, but the code is made to expect a later head (`0999_next`): the
+    check must report the database as behind, naming both revisions."""
     from services.common import migrate
 
     with postgres_database() as url:

@@ -44,12 +44,21 @@ from tests.utils.servers import (
 BACKENDS = ("embedded", "production")
 
 
-def _require(available: bool, what: str) -> None:
-    if available:
+def need(condition: bool, message: str) -> None:
+    """Missing prerequisites skip a test on a developer machine and fail it under CI."""
+    if condition:
         return
     if os.environ.get("CI"):
-        pytest.fail(f"{what} is not running (CI must start it: see .ci/run)")
-    pytest.skip(f"{what} is not running on this machine")
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _require(available: bool, what: str) -> None:
+    need(
+        available,
+        f"{what} is not running"
+        + (" (CI must start it: see .ci/run)" if os.environ.get("CI") else " on this machine"),
+    )
 
 
 @pytest.fixture(scope="session")
