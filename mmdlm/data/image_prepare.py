@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,15 +254,17 @@ def decode_image(handle: Any, size: int, channels: int, max_pixels: int) -> np.n
         raise BadImage(f"{reason}: {text[:200]}") from None
 
 
-class _Source:
-    def entries(self) -> list[_Entry]:
-        raise NotImplementedError
+class _Source(ABC):
+    """Where images come from: the entries to read, one image per entry, and a record for the manifest."""
 
-    def read(self, index: int, entry: _Entry) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def entries(self) -> list[_Entry]: ...
 
-    def describe(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def read(self, index: int, entry: _Entry) -> np.ndarray: ...
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]: ...
 
     def levels(self) -> int:
         return 256
