@@ -35,27 +35,30 @@ import sqlalchemy.exc
 from sqlalchemy import Dialect
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import make_url
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Insert, Select
 from starlette.concurrency import run_in_threadpool
 
 from services.common.db import POOL_RECYCLE_S, Database
 
 
 class Prepared:
-    """One prebuilt select compiled for one dialect: SQL text, parameter order, and a row factory
-    applying the dialect's result processors (named-tuple rows with the select's column keys)."""
+    """One prebuilt statement compiled for one dialect: SQL text, parameter order with the dialect's bind
+    processors (UTC datetimes, JSON), and for a select a row factory applying its result processors
+    (named-tuple rows with the select's column keys)."""
 
-    def __init__(self, stmt: Select[Any], dialect: Dialect) -> None:
+    def __init__(self, stmt: Select[Any] | Insert, dialect: Dialect) -> None:
         compiled = stmt.compile(dialect=dialect)
         self.sql = str(compiled)
         self.positional = compiled.positiontup is not None
         self.order: list[str] = list(compiled.positiontup or [])
         # values the compiler bound itself (SQLite's `OFFSET ?` of a LIMIT without an offset)
         self.defaults = {k: v for k, v in compiled.params.items() if v is not None}
-        keys = [c.key or f"col{i}" for i, c in enumerate(stmt.selected_columns)]
-        self.row_type: Any = NamedTuple("Row", [(k, Any) for k in keys])  # type: ignore[misc]
+        self.binds: dict[str, Callable[[Any], Any]] = dict(compiled._bind_processors)  # type: ignore[attr-defined]
+        columns = list(stmt.selected_columns) if isinstance(stmt, Select) else []
+        keys = [c.key or f"col{i}" for i, c in enumerate(columns)]
+        self.row_type: Any = NamedTuple("Row", [(k, Any) for k in keys]) if keys else tuple  # type: ignore[misc]
         self.processors: list[tuple[int, Callable[[Any], Any]]] = []
-        for i, column in enumerate(stmt.selected_columns):
+        for i, column in enumerate(columns):
             processor = column.type._cached_result_processor(dialect, None)
             if processor is not None:
                 self.processors.append((i, processor))
@@ -63,6 +66,10 @@ class Prepared:
     def params(self, values: dict[str, Any]) -> Sequence[Any] | dict[str, Any]:
         if self.defaults:
             values = {**self.defaults, **values}
+        if self.binds:
+            values = {
+                k: (self.binds[k](v) if k in self.binds and v is not None else v) for k, v in values.items()
+            }
         return [values[name] for name in self.order] if self.positional else values
 
     def rows(self, raw: Sequence[Sequence[Any]]) -> list[Any]:
@@ -75,6 +82,10 @@ class Prepared:
                     row[i] = processor(row[i])
             out.append(make(row))
         return out
+
+
+def _json_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 class LoopDB:
@@ -113,7 +124,7 @@ class LoopDB:
         """PostgreSQL connections running a read now (SQLite's one connection is never held)."""
         return self._busy
 
-    def prepared(self, stmt: Select[Any]) -> Prepared:
+    def prepared(self, stmt: Select[Any] | Insert) -> Prepared:
         found = self._prepared.get(id(stmt))
         if found is None:
             found = self._prepared[id(stmt)] = Prepared(stmt, self.dialect)
@@ -130,7 +141,15 @@ class LoopDB:
                     raise
                 raw = await run_in_threadpool(self._fetch_sync, prepared, params)
             return prepared.rows(raw)
-        return prepared.rows(await self._fetch_pg(prepared.sql, params))
+        return prepared.rows(await self._on_pg(prepared.sql, params, write=False))
+
+    async def execute(self, stmt: Insert, values: dict[str, Any]) -> None:
+        """One write statement in autocommit (PostgreSQL only: SQLite writes wait on the file's write lock,
+        so they stay in the threadpool)."""
+        if self.backend != "postgresql":
+            raise RuntimeError("LoopDB.execute runs on PostgreSQL only")
+        prepared = self.prepared(stmt)
+        await self._on_pg(prepared.sql, prepared.params(values), write=True)
 
     def _fetch_sync(self, prepared: Prepared, params: Any) -> list[Any]:
         with self.db.read() as conn:
@@ -148,12 +167,13 @@ class LoopDB:
 
     async def _connect(self) -> asyncpg.Connection:
         conn = await asyncpg.connect(self._dsn, timeout=10)
-        for name in ("json", "jsonb"):  # decoded like the sync driver does (SQLAlchemy's JSON type)
-            await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        for name in ("json", "jsonb"):  # decoded like the sync driver does (SQLAlchemy's JSON type); values
+            # bound through SQLAlchemy's JSON bind processor arrive as JSON text already
+            await conn.set_type_codec(name, encoder=_json_text, decoder=json.loads, schema="pg_catalog")
         self.connections_opened += 1
         return conn
 
-    async def _fetch_pg(self, sql: str, params: Any) -> list[Any]:
+    async def _on_pg(self, sql: str, params: Any, *, write: bool) -> Any:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.size)
         if self._slots.locked():  # every connection busy: wait, bounded (no timer otherwise)
@@ -181,7 +201,7 @@ class LoopDB:
             if conn is None:
                 conn = await self._connect()
                 born = now
-            rows = await conn.fetch(sql, *params)
+            rows = await (conn.execute(sql, *params) if write else conn.fetch(sql, *params))
         except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
             if conn is not None:
                 conn.terminate()

@@ -15,6 +15,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 import mmdlm
+from services.api.fastpath import FastPath
 from services.api.observability import MetricsMiddleware
 from services.api.routes import artifacts, events, generate, health, job_priority, jobs, models
 from services.api.routes import kinds as kinds_routes
@@ -71,12 +72,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.mmdlm = state
+    job_create = job_create_type(kinds)
+    app.add_middleware(FastPath, job_create=job_create)  # first added: innermost, inside the edge checks
     errors.install(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     # every route declares the one error schema (services.common.http_errors.ErrorResponse) for its errors
     app.include_router(health.router, responses=errors.responses(422, 500))
     v1 = errors.responses(*errors.COMMON)
-    app.include_router(jobs.build_router(kinds, job_create_type(kinds)), responses=v1)
+    app.include_router(jobs.build_router(job_create), responses=v1)
     app.include_router(job_priority.router, responses=v1)
     app.include_router(events.router, responses=v1)
     app.include_router(metrics_routes.router, responses=v1)

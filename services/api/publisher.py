@@ -11,7 +11,9 @@ before `submit` is called, so the answer does not need to wait for the wake-up:
 - `close()` (the app's shutdown) drains what is queued before returning, bounded by `timeout_s`.
 
 One thread, so the broker sees one producer connection from this process, and publishes leave in
-submit order.
+submit order. What is queued when the thread wakes (at most `BATCH`) goes out together
+(`queue.publish_many`: one round trip on Redis); a batch that fails is retried one wake-up at a time
+with `queue.publish`'s retry policy, so a failure is still settled per job.
 """
 
 from __future__ import annotations
@@ -19,17 +21,18 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from celery import Celery
 
 from services.common import lifecycle
 from services.common.db import Database
-from services.common.queue import publish
+from services.common.queue import publish, publish_many
 
 logger = logging.getLogger(__name__)
 
 _STOP = ("", "")
+BATCH = 256
 
 
 class WakeupPublisher:
@@ -38,10 +41,12 @@ class WakeupPublisher:
         celery: Celery,
         db: Database,
         send: Callable[[Celery, str, str], None] = publish,
+        send_many: Callable[[Celery, Sequence[tuple[str, str]]], None] | None = publish_many,
     ) -> None:
         self.celery = celery
         self.db = db
         self.send = send
+        self.send_many = send_many
         self._queue: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -59,9 +64,28 @@ class WakeupPublisher:
 
     def _run(self) -> None:
         while True:
-            job_id, queue_name = self._queue.get()
-            if (job_id, queue_name) == _STOP:
+            batch = [self._queue.get()]
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = _STOP in batch
+            self._publish([wakeup for wakeup in batch if wakeup != _STOP])
+            if stop:
                 return
+
+    def _publish(self, batch: list[tuple[str, str]]) -> None:
+        if not batch:
+            return
+        if self.send_many is not None:
+            try:
+                self.send_many(self.celery, batch)
+                self.published += len(batch)
+                return
+            except Exception as exc:  # a second delivery is harmless (the SQL lease decides who runs)
+                logger.info("batch of %d wake-ups not sent (%s): sending them one by one", len(batch), exc)
+        for job_id, queue_name in batch:
             try:
                 self.send(self.celery, job_id, queue_name)
                 self.published += 1

@@ -74,7 +74,7 @@ _INSERT_EVENT = insert(JobEvent.__table__).values(
     created_at=bindparam("event_at"),
 )  # fmt: skip
 _new_job = _INSERT_JOB.returning(_jobs.c.id).cte("new_job")
-_INSERT_JOB_AND_EVENT = insert(JobEvent.__table__).from_select(
+INSERT_JOB_AND_EVENT = insert(JobEvent.__table__).from_select(
     ["job_id", "type", "data", "created_at"],
     select(
         _new_job.c.id,
@@ -85,38 +85,45 @@ _INSERT_JOB_AND_EVENT = insert(JobEvent.__table__).from_select(
 )
 
 
-def insert_job(
-    db: Database,
-    *,
-    owner_id: int,
-    kind: str,
-    queue: str,
-    spec: dict[str, Any],
-    priority: int = 0,
-    max_attempts: int = 3,
-) -> Job:
-    """Store a queued job and its first state event, as `lifecycle.create_job` does, without the ORM's
-    unit of work (the submit hot path). On PostgreSQL one statement in autocommit does both rows (one
-    round trip, atomic); elsewhere both run in one transaction. Returns the job
-    as a detached `Job` (for `JobPublic.of`); its wake-up is published by the caller afterwards."""
+def new_job_values(
+    *, owner_id: int, kind: str, queue: str, spec: dict[str, Any], priority: int = 0, max_attempts: int = 3
+) -> dict[str, Any]:
+    """The parameters of `INSERT_JOB_AND_EVENT` (and of `_INSERT_JOB` + `_INSERT_EVENT`): a queued job
+    and its first state event. `Job(**job_columns(values))` is the stored row."""
     now = utcnow()
-    values: dict[str, Any] = {
+    return {
         "id": new_id(), "owner_id": owner_id, "kind": kind, "queue": queue, "spec": spec,
         "status": JobStatus.queued.value, "priority": priority, "attempt": 0, "max_attempts": max_attempts,
         "cancel_requested": False, "available_at": now,
         # counted as dispatched from the start, as in lifecycle.create_job: the caller clears it if the
         # publish fails, and the sweeper republishes a wake-up that stays unconsumed
         "enqueued_at": now, "created_at": now, "updated_at": now,
+        "event_type": "state", "event_data": {"status": JobStatus.queued.value},
     }  # fmt: skip
-    event = {"event_type": "state", "event_data": {"status": JobStatus.queued.value}}
+
+
+def job_columns(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: values[name] for name in _NEW_JOB_COLUMNS}
+
+
+def insert_job(db: Database, values: dict[str, Any]) -> Job:
+    """Store a queued job and its first state event (`new_job_values`), as `lifecycle.create_job` does,
+    without the ORM's unit of work (the submit hot path). On PostgreSQL one statement in autocommit does
+    both rows (one round trip, atomic); elsewhere both run in one transaction. Returns the job as a
+    detached `Job` (for `JobPublic.of`); its wake-up is published by the caller afterwards."""
+    job = job_columns(values)
     if db.dialect == "postgresql":
         with db.autocommit() as conn:
-            conn.execute(_INSERT_JOB_AND_EVENT, {**values, **event})
+            conn.execute(INSERT_JOB_AND_EVENT, values)
     else:
+        event = {"event_job_id": values["id"], "event_at": values["created_at"]}
         with db.engine.begin() as conn:
-            conn.execute(_INSERT_JOB, values)
-            conn.execute(_INSERT_EVENT, {"event_job_id": values["id"], "event_at": now, **event})
-    return Job(**values)
+            conn.execute(_INSERT_JOB, job)
+            conn.execute(
+                _INSERT_EVENT,
+                {**event, "event_type": values["event_type"], "event_data": values["event_data"]},
+            )
+    return Job(**job)
 
 
 def _job_list_statements(with_status: bool, with_kind: bool) -> tuple[Any, Any]:
@@ -148,7 +155,9 @@ def get_job_with_artifacts(
 ) -> tuple[Row[Any], list[str]] | None:
     """The job (a row shaped like `Job`) and the ids of the artifacts it produced, in ONE query (the
     status hot path)."""
-    return job_with_artifacts_of(conn.execute(_JOB_WITH_ARTIFACTS, {"job_id": job_id, "owner_id": owner_id}).all())
+    return job_with_artifacts_of(
+        conn.execute(_JOB_WITH_ARTIFACTS, {"job_id": job_id, "owner_id": owner_id}).all()
+    )
 
 
 def job_with_artifacts_of(rows: Sequence[Any]) -> tuple[Any, list[str]] | None:

@@ -9,6 +9,8 @@ A kind declares (see README, "How to add a job kind"):
             API never imports torch;
   check     optional `check(spec, session, user)` run by the API before the job is stored; it raises
             `FieldError(field, message)` (-> 422) when a reference is wrong (unknown artifact, wrong kind);
+  check_on_loop  True for a check that makes no database query (only local path checks, microseconds):
+            the API then runs it on its event loop, with `session=None`, instead of a threadpool hop;
   permanent_errors  exception types that mean "bad input": the job fails without retry.
 
 Kinds register themselves when their module is imported. `load_kinds()` imports every
@@ -38,7 +40,7 @@ Queue = Literal["encode", "train", "sample"]
 QUEUES: tuple[str, ...] = get_args(Queue)
 RESERVED_FIELDS = frozenset({"priority", "max_attempts"})  # job options that sit next to the spec fields
 
-CheckFn = Callable[[Any, "Session", "Principal"], None]
+CheckFn = Callable[[Any, "Session | None", "Principal"], None]
 RunFn = Callable[["JobContext"], None]
 
 
@@ -49,6 +51,7 @@ class JobKind:
     queue: str
     runner: str
     check: CheckFn | None = None
+    check_on_loop: bool = False
     permanent_errors: tuple[type[BaseException], ...] = ()
     description: str = ""
     max_attempts: int | None = None  # default for this kind; the request may override it

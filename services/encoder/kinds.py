@@ -24,8 +24,9 @@ class PrepareDataSpec(PrepareDataConfig):
         return PrepareDataConfig.model_validate(self.model_dump(exclude={"kind"}))
 
 
-def check(spec: PrepareDataSpec, session: Session, user: Principal) -> None:  # noqa: ARG001
-    """A folder source (or a local tokenizer or dataset folder) must lie in the user's data roots."""
+def check(spec: PrepareDataSpec, session: Session | None, user: Principal) -> None:  # noqa: ARG001
+    """A folder source (or a local tokenizer or dataset folder) must lie in the user's data roots (no
+    database query: `check_on_loop`)."""
     check_user_paths(spec, user.name)
 
 
@@ -36,6 +37,7 @@ PREPARE_DATA = register(
         queue="encode",
         runner="services.encoder.prepare:run",
         check=check,  # type: ignore[arg-type]
+        check_on_loop=True,
         # prepare_dataset raises these for bad input (empty source, bad JSONL, missing folder or corpus package):
         # trying again cannot help.
         permanent_errors=(ValueError, FileNotFoundError, NotADirectoryError, ModuleNotFoundError),
@@ -60,6 +62,7 @@ PREPARE_IMAGES = register(
         queue="encode",
         runner="services.encoder.prepare:run_images",
         check=check,  # type: ignore[arg-type]
+        check_on_loop=True,
         # bad captions files, too few images, `on_bad_image: refuse`, a missing sklearn: retrying cannot help
         permanent_errors=(ValueError, FileNotFoundError, NotADirectoryError, ModuleNotFoundError),
         description=(

@@ -234,7 +234,7 @@ def test_insert_job_stores_what_create_job_stores(db: Database, user: Principal)
     event as `lifecycle.create_job`, and returns the job as it was stored."""
     spec = {"kind": "probe", "steps": 1, "nested": {"a": [1, 2]}}
     job = crud.insert_job(
-        db, owner_id=user.id, kind="probe", queue="encode", spec=spec, priority=3, max_attempts=2
+        db, crud.new_job_values(owner_id=user.id, kind="probe", queue="encode", spec=spec, priority=3, max_attempts=2)
     )
     reference = _seed(db, user)
     with db.read() as conn:
@@ -260,11 +260,22 @@ def test_wakeups_are_published_in_order_and_a_failed_one_goes_to_the_sweeper(
     sent: list[tuple[str, str]] = []
     settings = Settings(_env_file=None, home=tmp_path)  # type: ignore[call-arg]
     celery = create_celery(settings)
-    ok = WakeupPublisher(celery, db, send=lambda app, job_id, queue: sent.append((job_id, queue)))
+    ok = WakeupPublisher(celery, db, send_many=lambda app, batch: sent.extend(batch))
     for job_id in jobs:
         ok.submit(job_id, "encode")
     ok.close()
     assert sent == [(j, "encode") for j in jobs] and ok.published == 3
+    # a batch the broker refuses is retried one wake-up at a time, each settled on its own
+    one_by_one: list[tuple[str, str]] = []
+
+    def refuse(app: object, batch: object) -> None:
+        raise ConnectionError("broker gone")
+
+    retried = WakeupPublisher(celery, db, send=lambda app, j, q: one_by_one.append((j, q)), send_many=refuse)
+    for job_id in jobs:
+        retried.submit(job_id, "encode")
+    retried.close()
+    assert one_by_one == [(j, "encode") for j in jobs] and retried.published == 3 and retried.failed == 0
     down = Settings(_env_file=None, home=tmp_path, broker_url="redis://127.0.0.1:1/0")  # type: ignore[call-arg]
     failing = WakeupPublisher(create_celery(down), db)
     failing.submit(jobs[0], "encode")
