@@ -41,10 +41,15 @@ def job_create_type(kinds: dict[str, JobKind]) -> Any:
     return Annotated[Union[tuple(models)], Field(discriminator="kind")]  # noqa: UP007
 
 
-def split_options(body: BaseModel) -> tuple[dict[str, Any], JobOptions]:
-    data = body.model_dump(mode="json")
-    options = JobOptions(priority=data.pop("priority"), max_attempts=data.pop("max_attempts"))
-    return data, options
+_OPTIONS = frozenset(JobOptions.model_fields)
+
+
+def split_options(body: BaseModel) -> tuple[BaseModel, dict[str, Any], JobOptions]:
+    """The validated request (an instance of its kind's spec class: `job_create_type` subclasses it),
+    the spec as stored (JSON, without the options) and the options."""
+    data = body.model_dump(mode="json", exclude=_OPTIONS)
+    options = JobOptions.model_construct(priority=body.priority, max_attempts=body.max_attempts)  # type: ignore[attr-defined]
+    return body, data, options
 
 
 class Progress(BaseModel):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, Float, Integer, Row, String, bindparam, func, insert, select, text
@@ -89,7 +90,7 @@ def new_job_values(
     *, owner_id: int, kind: str, queue: str, spec: dict[str, Any], priority: int = 0, max_attempts: int = 3
 ) -> dict[str, Any]:
     """The parameters of `INSERT_JOB_AND_EVENT` (and of `_INSERT_JOB` + `_INSERT_EVENT`): a queued job
-    and its first state event. `Job(**job_columns(values))` is the stored row."""
+    and its first state event (`stored_job(values)` is the stored row)."""
     now = utcnow()
     return {
         "id": new_id(), "owner_id": owner_id, "kind": kind, "queue": queue, "spec": spec,
@@ -106,11 +107,20 @@ def job_columns(values: dict[str, Any]) -> dict[str, Any]:
     return {name: values[name] for name in _NEW_JOB_COLUMNS}
 
 
-def insert_job(db: Database, values: dict[str, Any]) -> Job:
+_JOB_FIELDS = tuple(c.key for c in _jobs.columns)
+
+
+def stored_job(values: dict[str, Any]) -> Any:
+    """The row `INSERT_JOB_AND_EVENT` stored from `values`, shaped like `Job` (the columns it leaves
+    NULL are None) without building an ORM instance: what `JobPublic.of` reads."""
+    return SimpleNamespace(**{**dict.fromkeys(_JOB_FIELDS), **job_columns(values)})
+
+
+def insert_job(db: Database, values: dict[str, Any]) -> Any:
     """Store a queued job and its first state event (`new_job_values`), as `lifecycle.create_job` does,
     without the ORM's unit of work (the submit hot path). On PostgreSQL one statement in autocommit does
     both rows (one round trip, atomic); elsewhere both run in one transaction. Returns the job as a
-    detached `Job` (for `JobPublic.of`); its wake-up is published by the caller afterwards."""
+    `stored_job` (for `JobPublic.of`); its wake-up is published by the caller afterwards."""
     job = job_columns(values)
     if db.dialect == "postgresql":
         with db.autocommit() as conn:
@@ -126,10 +136,17 @@ def insert_job(db: Database, values: dict[str, Any]) -> Job:
     return Job(**job)
 
 
+_STATUS_SLOTS = tuple(f"status_{i}" for i in range(len(JobStatus)))
+
+
 def _job_list_statements(with_status: bool, with_kind: bool) -> tuple[Any, Any]:
+    """(count, page) for one filter combination. The page is joined with the jobs' artifacts (one row per
+    artifact, `artifact_id` None for a job without one), so one query answers a page. A status filter
+    is one bound parameter per status (unused slots repeat the first value), never an expanding IN:
+    static SQL that every driver prepares once."""
     filters = [Job.owner_id == bindparam("owner_id")]
     if with_status:
-        filters.append(Job.status.in_(bindparam("status", expanding=True)))
+        filters.append(Job.status.in_([bindparam(slot, type_=String()) for slot in _STATUS_SLOTS]))
     if with_kind:
         filters.append(Job.kind == bindparam("kind"))
     count = select(func.count()).select_from(_jobs).where(*filters)
@@ -139,11 +156,46 @@ def _job_list_statements(with_status: bool, with_kind: bool) -> tuple[Any, Any]:
         .order_by(Job.created_at.desc(), Job.id.desc())
         .limit(bindparam("limit"))
         .offset(bindparam("offset"))
+        .subquery("page")
     )
-    return count, page
+    with_artifacts = (
+        select(page, Artifact.id.label("artifact_id"))
+        .outerjoin(Artifact, Artifact.producer_job_id == page.c.id)
+        .order_by(page.c.created_at.desc(), page.c.id.desc(), Artifact.created_at)
+    )
+    return count, with_artifacts
 
 
 _JOB_LISTS = {(s, k): _job_list_statements(s, k) for s in (False, True) for k in (False, True)}
+
+
+def job_list_query(
+    owner_id: int, *, status: Sequence[str] = (), kind: str | None = None, limit: int = 50, offset: int = 0
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(count statement, page statement, parameters) of `list_jobs`, for any executor."""
+    count, page = _JOB_LISTS[bool(status), bool(kind)]
+    params: dict[str, Any] = {"owner_id": owner_id, "limit": limit, "offset": offset}
+    if status:
+        wanted = list(dict.fromkeys(status))
+        if len(wanted) > len(_STATUS_SLOTS):
+            raise ValueError(f"at most {len(_STATUS_SLOTS)} distinct statuses")
+        wanted += [wanted[0]] * (len(_STATUS_SLOTS) - len(wanted))
+        params.update(zip(_STATUS_SLOTS, wanted, strict=True))
+    if kind:
+        params["kind"] = kind
+    return count, page, params
+
+
+def job_page_of(rows: Sequence[Any]) -> list[tuple[Any, list[str]]]:
+    """The page's jobs, in order, each with its artifact ids, from the rows of a `job_list_query` page."""
+    page: dict[str, tuple[Any, list[str]]] = {}
+    for row in rows:
+        entry = page.get(row.id)
+        if entry is None:
+            entry = page[row.id] = (row, [])
+        if row.artifact_id is not None:
+            entry[1].append(row.artifact_id)
+    return list(page.values())
 
 
 def get_job(session: Session, job_id: str, owner_id: int) -> Job | None:
@@ -190,17 +242,12 @@ def list_jobs(
     kind: str | None = None,
     limit: int = 50,
     offset: int = 0,
-) -> tuple[list[Row[Any]], int]:
-    """A page of the user's jobs (rows shaped like `Job`), newest first, and the total count for the
-    same filters."""
-    count, page = _JOB_LISTS[bool(status), bool(kind)]
-    params: dict[str, Any] = {"owner_id": owner_id, "limit": limit, "offset": offset}
-    if status:
-        params["status"] = list(status)
-    if kind:
-        params["kind"] = kind
+) -> tuple[list[tuple[Any, list[str]]], int]:
+    """A page of the user's jobs (rows shaped like `Job`, each with its artifact ids), newest first, and
+    the total count for the same filters."""
+    count, page, params = job_list_query(owner_id, status=status, kind=kind, limit=limit, offset=offset)
     total = conn.execute(count, params).scalar_one()
-    return list(conn.execute(page, params).all()), int(total)
+    return job_page_of(conn.execute(page, params).all()), int(total)
 
 
 def events_after(conn: Connection | Session, job_id: str, after_id: int, limit: int = 500) -> list[Row[Any]]:

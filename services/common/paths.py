@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,25 @@ def user_roots(settings: Settings, user_name: str | None) -> PathRoots:
                 continue
             root = root.replace(USER_PLACEHOLDER, user_name)
         roots.append(root)
-    return PathRoots.of(roots)
+    return _resolved(tuple(roots))
+
+
+_RESOLVED_TTL_S = 30.0
+_resolved_roots: dict[tuple[str, ...], tuple[float, PathRoots]] = {}
+
+
+def _resolved(roots: tuple[str, ...]) -> PathRoots:
+    """`PathRoots.of` (a realpath per root), kept for 30 s: the gateway checks paths on every submit, and
+    the worker and the library check them again, uncached, before anything is read."""
+    now = time.monotonic()
+    found = _resolved_roots.get(roots)
+    if found is not None and found[0] > now:
+        return found[1]
+    if len(_resolved_roots) >= 10_000:
+        _resolved_roots.clear()
+    resolved = PathRoots.of(roots)
+    _resolved_roots[roots] = (now + _RESOLVED_TTL_S, resolved)
+    return resolved
 
 
 def owner_roots(settings: Settings, db: Database, owner_id: int) -> PathRoots:

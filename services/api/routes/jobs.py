@@ -19,7 +19,7 @@ from services.common import crud, lifecycle
 from services.common.auth import Principal
 from services.common.http_errors import responses
 from services.common.kinds import JobKind
-from services.common.models import Job, JobStatus
+from services.common.models import JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,11 @@ async def read_job(state: AppState, job_id: str, owner_id: int) -> tuple[Any, li
     return await run_in_threadpool(_read_job_sync, state, job_id, owner_id)
 
 
+def _list_sync(state: AppState, count: Any, page: Any, params: dict[str, Any]) -> tuple[list[Any], int]:
+    with state.db.read() as conn:
+        return crud.job_page_of(conn.execute(page, params).all()), conn.execute(count, params).scalar_one()
+
+
 def _check_sync(state: AppState, kind: JobKind, spec: BaseModel, user: Principal) -> None:
     assert kind.check is not None
     with state.db.reader() as session:
@@ -67,9 +72,8 @@ def _check_sync(state: AppState, kind: JobKind, spec: BaseModel, user: Principal
 async def prepare_submission(state: AppState, body: BaseModel, user: Principal) -> dict[str, Any]:
     """Validate the spec and run its kind's check (FieldError -> 422): the new job's row values. Nothing
     is stored yet. No thread hop for a kind whose check makes no query (`JobKind.check_on_loop`)."""
-    spec_data, options = split_options(body)
+    spec, spec_data, options = split_options(body)  # `spec`: the validated body, a `kind.spec` instance
     kind = state.kinds[spec_data["kind"]]
-    spec = kind.spec.model_validate(spec_data)
     max_attempts = options.max_attempts or kind.max_attempts or state.settings.default_max_attempts
     if kind.check is not None:  # read-only checks (references, quotas, paths)
         if kind.check_on_loop:
@@ -77,18 +81,18 @@ async def prepare_submission(state: AppState, body: BaseModel, user: Principal) 
         else:
             await run_in_threadpool(_check_sync, state, kind, spec, user)
     return crud.new_job_values(
-        owner_id=user.id, kind=kind.name, queue=kind.queue, spec=spec.model_dump(mode="json"),
-        priority=options.priority, max_attempts=max_attempts,
+        owner_id=user.id, kind=kind.name, queue=kind.queue, spec=spec_data, priority=options.priority,
+        max_attempts=max_attempts,
     )  # fmt: skip
 
 
-async def store_submission(state: AppState, values: dict[str, Any]) -> Job:
+async def store_submission(state: AppState, values: dict[str, Any]) -> Any:
     """Store the queued job, then hand its wake-up to the background publisher (after the commit, off
     the request path: services.api.publisher). On PostgreSQL one statement on the event loop
     (services.api.loopdb); SQLite's write waits on the file lock, so it runs in the threadpool."""
     if state.reads.backend == "postgresql":
         await state.reads.execute(crud.INSERT_JOB_AND_EVENT, values)
-        job = Job(**crud.job_columns(values))
+        job = crud.stored_job(values)
     else:
         job = await run_in_threadpool(crud.insert_job, state.db, values)
     state.wakeups.submit(job.id, job.queue)
@@ -112,23 +116,28 @@ def build_router(job_create: Any) -> APIRouter:
         return _json(JobPublic.of(job), status.HTTP_201_CREATED)
 
     @router.get("", response_model=JobsPublic)
-    def list_jobs(
+    async def list_jobs(
         user: CurrentUser,
-        state: StateDep,
+        request: Request,
         status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
         kind: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     ) -> Response:
-        """The caller's jobs, newest first; filter by `status` (repeatable) and `kind`."""
-        with state.db.read() as conn:
-            jobs, total = crud.list_jobs(
-                conn, user.id, status=[s.value for s in status_ or []], kind=kind, limit=limit, offset=offset
-            )
-            produced = crud.job_artifact_ids(conn, [j.id for j in jobs])
+        """The caller's jobs, newest first; filter by `status` (repeatable) and `kind`. Two reads (count,
+        and the page joined with its artifacts) on the event loop: no thread hop."""
+        state: AppState = request.app.state.mmdlm
+        count, page, params = crud.job_list_query(
+            user.id, status=[s.value for s in status_ or []], kind=kind, limit=limit, offset=offset
+        )
+        if state.reads.enabled:
+            total = (await state.reads.fetch(count, params))[0][0]
+            jobs = crud.job_page_of(await state.reads.fetch(page, params))
+        else:
+            jobs, total = await run_in_threadpool(_list_sync, state, count, page, params)
         return _json(
             JobsPublic(
-                data=[JobPublic.of(j, produced.get(j.id)) for j in jobs],
+                data=[JobPublic.of(job, produced) for job, produced in jobs],
                 count=total,
                 limit=limit,
                 offset=offset,

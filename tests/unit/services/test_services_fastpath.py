@@ -101,7 +101,7 @@ def _hot_reads(db: Database, user: Principal, job_id: str) -> None:
         assert crud.job_status(conn, job_id, user.id) == JobStatus.queued.value
         assert [e.type for e in crud.events_after(conn, job_id, 0)] == ["state"]
         rows, total = crud.list_jobs(conn, user.id, limit=5)
-        assert total == 1 and rows[0].id == job_id
+        assert total == 1 and rows[0][0].id == job_id and rows[0][1] == []
         rows, total = crud.list_jobs(conn, user.id, status=["queued", "running"], kind="probe")
         assert total == 1
         assert crud.job_artifact_ids(conn, [job_id, "x" * 32]) == {}
@@ -173,10 +173,11 @@ def _seed_rich(db: Database, user: Principal) -> str:
 
 
 def test_loop_reads_equal_the_sync_reads(db: Database, user: Principal, other_user: Principal) -> None:
-    """The status read and the events batch on the event loop (asyncpg / sqlite3 with the dialect's
-    result processors) give the very rows the SQLAlchemy path gives: UTC datetimes, JSON, booleans,
-    artifact order, and nothing of another user's."""
+    """The status read, the job list and the events batch on the event loop (asyncpg / sqlite3 with the
+    dialect's result processors) give the very rows the SQLAlchemy path gives: UTC datetimes, JSON,
+    booleans, artifact order, filters, and nothing of another user's."""
     job_id = _seed_rich(db, user)
+    _seed(db, user)  # a newer job without artifacts, first on the list's page
     with db.read() as conn:
         job, artifacts = crud.get_job_with_artifacts(conn, job_id, user.id) or (None, [])
         events = crud.events_after(conn, job_id, 0)
@@ -207,6 +208,22 @@ def test_loop_reads_equal_the_sync_reads(db: Database, user: Principal, other_us
                 (crud.OWNED_JOB_STATUS, {"job_id": job_id, "owner_id": other_user.id}),
             ):
                 assert await reads.fetch(stmt, params) == []
+            for query in (
+                {}, {"status": ["queued", "failed", "queued"]}, {"kind": "probe"}, {"status": ["running"]},
+                {"limit": 1, "offset": 1},
+            ):  # fmt: skip
+                count, page, params = crud.job_list_query(user.id, **query)  # type: ignore[arg-type]
+                with db.read() as conn:
+                    jobs, total = crud.list_jobs(conn, user.id, **query)  # type: ignore[arg-type]
+                assert (await reads.fetch(count, params))[0][0] == total
+                loop_jobs = crud.job_page_of(await reads.fetch(page, params))
+                assert [JobPublic.of(*j).model_dump_json() for j in loop_jobs] == [
+                    JobPublic.of(*j).model_dump_json() for j in jobs
+                ]
+                if not query:  # the rich job, with its artifacts in order, and the plain one
+                    assert total == 2 and JobPublic.of(*loop_jobs[1]).model_dump_json() == expected
+            count, _, params = crud.job_list_query(other_user.id)
+            assert (await reads.fetch(count, params))[0][0] == 0
             assert reads.connections_opened == 1 and reads.in_use == 0
             if db.dialect == "sqlite":  # the fallback when SQLite answers "busy": same rows, in a thread
                 prepared = reads.prepared(crud.JOB_WITH_ARTIFACTS)
@@ -229,12 +246,52 @@ def test_loop_reads_of_an_unreachable_database_are_a_503_error(tmp_path: Path) -
     assert reads.in_use == 0
 
 
+def test_insert_on_the_event_loop_stores_what_the_sync_insert_stores(db: Database, user: Principal) -> None:
+    """The submit's one-statement insert through asyncpg (SQLAlchemy's bind processors: JSON, UTC
+    datetimes) stores the row and first event the SQLAlchemy path stores. SQLite refuses writes on the
+    loop (they would wait on the file lock there)."""
+    spec = {"kind": "probe", "text": "héllo ✓", "nested": {"a": [1, 2.5, None]}}
+    made = [crud.new_job_values(owner_id=user.id, kind="probe", queue="encode", spec=spec) for _ in range(2)]
+    reads = LoopDB(db, size=1)
+    if db.dialect != "postgresql":
+        with pytest.raises(RuntimeError, match="PostgreSQL only"):
+            asyncio.run(reads.execute(crud.INSERT_JOB_AND_EVENT, made[0]))
+        return
+
+    async def run() -> None:
+        try:
+            await reads.execute(crud.INSERT_JOB_AND_EVENT, made[0])
+        finally:
+            await reads.close()
+
+    asyncio.run(run())
+    crud.insert_job(db, made[1])
+    stored = []
+    with db.read() as conn:
+        for values in made:
+            job, artifacts = crud.get_job_with_artifacts(conn, values["id"], user.id) or (None, [])
+            events = crud.events_after(conn, values["id"], 0)
+            stored.append(
+                (JobPublic.of(job, artifacts).model_dump(exclude={"id"}), [(e.type, e.data) for e in events])
+            )
+            assert JobPublic.of(job, artifacts) == JobPublic.of(crud.stored_job(values))
+            assert job.created_at == values["created_at"] and events[0].created_at == values["created_at"]
+    assert stored[0][1] == [("state", {"status": "queued"})]
+    first, second = (dict(s[0]) for s in stored)
+    for key in ("created_at", "updated_at"):
+        first.pop(key), second.pop(key)
+    assert first == second and first["spec"] == spec
+
+
 def test_insert_job_stores_what_create_job_stores(db: Database, user: Principal) -> None:
     """The submit path's Core insert (one statement on PostgreSQL) writes the same job row and first
     event as `lifecycle.create_job`, and returns the job as it was stored."""
     spec = {"kind": "probe", "steps": 1, "nested": {"a": [1, 2]}}
     job = crud.insert_job(
-        db, crud.new_job_values(owner_id=user.id, kind="probe", queue="encode", spec=spec, priority=3, max_attempts=2)
+        db,
+        crud.new_job_values(
+            owner_id=user.id, kind="probe", queue="encode", spec=spec, priority=3, max_attempts=2
+        ),
     )
     reference = _seed(db, user)
     with db.read() as conn:
