@@ -22,6 +22,11 @@ Reported in the same run: throughput ratios status/healthz and submit/healthz (t
 PostgreSQL connections opened per 15 s under load (target <= the pool size): the API's own counter
 `mmdlm_db_connections_opened_total` (pool 'connect' events, from /metrics) and the server's
 `pg_stat_database.sessions` (PostgreSQL >= 14), which also counts for an API without that metric.
+CPU per request, by process, for every cell (`api us`, `pg us`, `cli us`: user + system CPU from
+/proc over the cell / requests): the client and PostgreSQL share this machine's cores with the API, so
+the summary also gives each ratio for the API process's CPU alone (`*_over_healthz_api_cpu_N` =
+healthz CPU per request / the operation's), the figure a machine with spare cores for the database and
+clients would show.
 
 `--baseline-root DIR` also starts an API from another checkout (e.g. `git archive REV | tar -x -C
 /tmp/base`) with this venv, each on its own fresh database migrated by its own code and seeded with the
@@ -301,6 +306,45 @@ def pg_sessions(db_url: str | None) -> int | None:
     return None if row is None else int(row[0])
 
 
+# --- CPU per request, by process ------------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of one process (Linux /proc), None where unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _postgres_cpu_s() -> float | None:
+    """CPU seconds of every PostgreSQL server process on this machine (backends, WAL writer...)."""
+    total, seen = 0.0, False
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() != "postgres":
+                    continue
+            except OSError:
+                continue
+            cpu = _cpu_s(int(entry.name))
+            if cpu is not None:
+                total, seen = total + cpu, True
+    return total if seen else None
+
+
+def _cpu_snapshot(api_pid: int, with_pg: bool) -> dict[str, float | None]:
+    own = os.times()
+    return {
+        "api": _cpu_s(api_pid),
+        "postgres": _postgres_cpu_s() if with_pg else None,
+        "client": own.user + own.system,
+    }
+
+
 # --- one backend ---------------------------------------------------------------------------------------------
 
 
@@ -369,10 +413,12 @@ async def _cell(
     target = variant.target
     api_before = await api_connections_opened(target)
     pg_before = pg_sessions(variant.db_url)
+    cpu_before = _cpu_snapshot(variant.pid, variant.db_url is not None)
     if mode == "closed":
         tally, elapsed = await closed_loop(target, op, clients, args.duration)
     else:
         tally, elapsed = await paced(target, op, clients, args.rate, args.duration)
+    cpu_after = _cpu_snapshot(variant.pid, variant.db_url is not None)
     pg_after = pg_sessions(variant.db_url)
     api_after = await api_connections_opened(target)
     target.ids += tally.new_ids
@@ -385,6 +431,11 @@ async def _cell(
         "db_connections_opened_api": None if api_before is None or api_after is None else api_after - api_before,
         "db_sessions_opened_pg": None if pg_before is None or pg_after is None else pg_after - pg_before,
         "jobs_in_table": len(target.ids), "db_pool_size": args.pool_size,
+        **{
+            f"cpu_us_per_request_{name}": None if cpu_before[name] is None or cpu_after[name] is None or not ms
+            else 1e6 * (cpu_after[name] - cpu_before[name]) / len(ms)  # type: ignore[operator]
+            for name in cpu_before
+        },
     }  # fmt: skip
 
 
@@ -433,6 +484,11 @@ def _summary(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
             row = _find(rows, op, "closed", clients)
             if floor and row:
                 out[f"{op}_over_healthz_{clients}"] = row["throughput_rps"] / floor["throughput_rps"]
+                api_floor, api_op = floor["cpu_us_per_request_api"], row["cpu_us_per_request_api"]
+                if (
+                    api_floor and api_op
+                ):  # the same ratio for the API process's CPU alone (machine-independent)
+                    out[f"{op}_over_healthz_api_cpu_{clients}"] = api_floor / api_op
     paced_status = _find(rows, "status", f"paced {args.rate:g}/s", args.paced_clients)
     out["paced_status_p99_ms"] = paced_status["p99_ms"] if paced_status else None
     out[f"errors_5xx_at_{top}"] = sum(r["errors_5xx"] for r in rows if r["clients"] == top)
@@ -452,13 +508,15 @@ def _line(r: dict[str, Any]) -> str:
     return (
         f"  {r['variant']:7s} {r['op']:8s} {r['mode']:12s} {r['clients']:7d} {r['throughput_rps']:8.1f} "
         f"{num(r['p50_ms'], '8.2f')} {num(r['p99_ms'], '8.2f')} {r['errors']:6d} {r['errors_5xx']:5d} "
-        f"{num(r['db_connections_opened_api'], '6.0f')} {num(r['db_sessions_opened_pg'], '6.0f')}"
+        f"{num(r['db_connections_opened_api'], '6.0f')} {num(r['db_sessions_opened_pg'], '6.0f')} "
+        f"{num(r.get('cpu_us_per_request_api'), '7.0f')} {num(r.get('cpu_us_per_request_postgres'), '7.0f')} "
+        f"{num(r.get('cpu_us_per_request_client'), '7.0f')}"
     )
 
 
 HEADER = (
     f"  {'variant':7s} {'op':8s} {'mode':12s} {'clients':>7s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
-    f"{'errors':>6s} {'5xx':>5s} {'conn':>6s} {'pgsess':>6s}"
+    f"{'errors':>6s} {'5xx':>5s} {'conn':>6s} {'pgsess':>6s} {'api us':>7s} {'pg us':>7s} {'cli us':>7s}"
 )
 TARGETS = (
     ("status_over_healthz_50", ">= 0.7", lambda v: v >= 0.7),
