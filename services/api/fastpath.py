@@ -18,11 +18,11 @@ twice).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter
 from starlette.requests import Request
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.routes.jobs import prepare_submission, read_job, store_submission
@@ -32,6 +32,7 @@ from services.common.auth import Principal, hash_token
 from services.common.http_errors import DB_ERRORS, db_unavailable
 
 JOBS = "/v1/jobs"
+STATUS = JOBS + "/{job_id}"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -39,7 +40,6 @@ class FastPath:
     def __init__(self, app: ASGIApp, job_create: Any) -> None:
         self.app = app
         self.body = TypeAdapter(job_create)
-        self._routes: dict[tuple[str, str], BaseRoute] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -58,22 +58,25 @@ class FastPath:
 
     async def _status(self, scope: Scope, send: Send, job_id: str) -> bool:
         state, user = _caller(scope)
-        if user is None:
-            return False
-        try:
-            found = await read_job(state, job_id, user.id)
-        except Exception:  # the app reads again and answers (503 + Retry-After for a database error)
-            return False
+        found = None
+        if user is not None:
+            try:
+                found = await read_job(state, job_id, user.id)
+            except Exception:  # the app reads again and answers (503 + Retry-After for a database error)
+                found = None
         if found is None:
+            state.metrics.fast_path.labels(STATUS, "handed_on").inc()
             return False
-        self._label(scope, "GET", JOBS + "/{job_id}")
+        scope["route"] = _STATUS_ROUTE
         await _send_json(send, 200, JobPublic.of(*found).model_dump_json().encode())
+        state.metrics.fast_path.labels(STATUS, "answered").inc()
         return True
 
     async def _submit(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """None when answered here; otherwise the `receive` that replays the body for the app."""
         state, user = _caller(scope)
         if user is None or not _is_json(scope):
+            state.metrics.fast_path.labels(JOBS, "handed_on").inc()
             return receive
         chunks: list[bytes] = []
         while True:
@@ -88,6 +91,7 @@ class FastPath:
             request = self.body.validate_python(json.loads(body), from_attributes=True)
             prepared = await prepare_submission(state, request, user)
         except Exception:  # invalid JSON or spec, a refused check: the app answers with its 4xx
+            state.metrics.fast_path.labels(JOBS, "handed_on").inc()
             return _replay(body, receive)
         try:
             job = await store_submission(state, prepared)
@@ -95,23 +99,21 @@ class FastPath:
             response = db_unavailable(Request(scope), exc)
             await response(scope, receive, send)
             return None
-        self._label(scope, "POST", JOBS)
+        scope["route"] = _JOBS_ROUTE
         await _send_json(send, 201, JobPublic.of(job).model_dump_json().encode())
+        state.metrics.fast_path.labels(JOBS, "answered").inc()
         return None
 
-    def _label(self, scope: Scope, method: str, template: str) -> None:
-        """The route the app would have matched, for the metrics middleware's `route` label."""
-        route = self._routes.get((method, template))
-        if route is None:
-            app = scope.get("app")
-            for candidate in getattr(app, "routes", ()):
-                if getattr(candidate, "path", None) == template and method in getattr(
-                    candidate, "methods", ()
-                ):
-                    route = self._routes[(method, template)] = candidate
-                    break
-        if route is not None:
-            scope["route"] = route
+
+@dataclass(frozen=True)
+class _Answered:
+    """`scope["route"]` of a request answered here: its route template as `path`, all the metrics
+    middleware reads (services.api.observability)."""
+
+    path: str
+
+
+_STATUS_ROUTE, _JOBS_ROUTE = _Answered(STATUS), _Answered(JOBS)
 
 
 def _route_path(scope: Scope) -> str:

@@ -31,6 +31,10 @@ class Metrics:
             "mmdlm_http_request_duration_seconds", "HTTP request latency (until the response starts)",
             ["method", "route"], buckets=BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.fast_path = Counter(
+            "mmdlm_gateway_fast_path", "Requests seen by the pure-ASGI fast path (services.api.fastpath): "
+            "answered there, or handed on to the app", ["route", "outcome"], registry=self.registry,
+        )  # fmt: skip
         self.registry.register(JobsCollector(db))
 
 
