@@ -29,8 +29,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 import mmdlm  # noqa: E402
+from mmdlm.clusters import modulo_clusters  # noqa: E402
 from mmdlm.config.data import PrepareDataConfig  # noqa: E402
 from mmdlm.data import prepare_dataset  # noqa: E402
+from mmdlm.data.tokens import TokenDataset  # noqa: E402
 from mmdlm.training.debug import debug_train_config  # noqa: E402
 from mmdlm.training.flops import train_step_flops  # noqa: E402
 from mmdlm.training.metrics import read_metrics  # noqa: E402
@@ -67,7 +69,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--family", default="mdlm", choices=["mdlm", "gidd", "ar"])
+    parser.add_argument("--family", default="mdlm", choices=["mdlm", "gidd", "hdlm", "ar"])
+    parser.add_argument("--clusters", type=int, default=64, help="HDLM: clusters `id mod C` (cost only)")
     parser.add_argument("--size", default="small")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -93,8 +96,13 @@ def main() -> int:
             data,
         )
         print(f"prepared data in {time.perf_counter() - t0:.0f} s", flush=True)
+        family_fields = {}
+        if args.family == "hdlm":
+            ds = TokenDataset.open(data, verify=False)
+            clusters = modulo_clusters(ds.tokenizer(), args.clusters, [ds.vocab.mask_id])
+            family_fields["clusters"] = str(clusters.save(Path(tmp) / "clusters"))
         cfg = debug_train_config(
-            args.family, data, Path(tmp) / "run", size=args.size, max_seq_len=args.seq_len,
+            args.family, data, Path(tmp) / "run", size=args.size, max_seq_len=args.seq_len, **family_fields,
             overrides={
                 "steps": args.steps, "precision": "bf16", "device": args.device, "compile": args.compile,
                 "data": {"batch_size": args.batch_size}, "optimizer": {"lr": 3e-4},

@@ -356,6 +356,21 @@ def embeddings_from_encoder(tokenizer: Any, encoder: str | None = None) -> np.nd
     return out
 
 
+def modulo_clusters(
+    tokenizer: Any, num_clusters: int, exclude_ids: list[int] | tuple[int, ...] = ()
+) -> Clusters:
+    """Clusters `id mod C` (`exclude_ids`, e.g. [MASK], get -1), centroids zero (unused with a random
+    embedding init): for benchmarks, whose cost does not depend on which tokens share a cluster, and for
+    golden curves, which k-means over encoder embeddings cannot give bitwise across CPUs."""
+    cluster_map = np.arange(len(tokenizer)) % num_clusters
+    cluster_map[list(exclude_ids)] = -1
+    manifest = {
+        "source": {"kind": "fixed", "rule": "id mod C"},
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+    }
+    return Clusters(cluster_map, np.zeros((num_clusters, 8), dtype=np.float32), manifest)
+
+
 def compute_clusters(
     embeddings: np.ndarray,
     num_clusters: int,

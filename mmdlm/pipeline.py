@@ -33,6 +33,7 @@ from mmdlm.config.sample import SampleConfig
 from mmdlm.config.train import ModelSpec
 from mmdlm.data.vocab import VocabInfo
 from mmdlm.families import Built, get_family
+from mmdlm.precision import effective_precision
 
 CLASS_NAME = "mmdlm.Pipeline"
 CONFIG_NAME = "config.json"
@@ -201,6 +202,7 @@ class Pipeline:
             prompt_ids = self.encode_prompt(prompt)
         if precision not in {"fp32", "bf16"}:
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        precision = effective_precision(precision, self.device)  # type: ignore[arg-type]
         family = get_family(self.family)
         self.model.eval()
         amp = (

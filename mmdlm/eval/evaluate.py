@@ -23,6 +23,7 @@ from mmdlm.eval.likelihood import eval_batches, nll_sums
 from mmdlm.eval.reference import ReferenceLM
 from mmdlm.eval.results import BUNDLED_CORPUS_NOTE, EvalProtocol, EvalReport, NLLResult, SweepResult
 from mmdlm.pipeline import Pipeline, load_pretrained
+from mmdlm.precision import effective_precision
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,9 @@ def evaluate(
     """Run the protocol of `config` on a model folder (or a loaded Pipeline) and return the report."""
     config = config or EvalConfig()
     device = resolve_device(config.device)
+    precision = effective_precision(config.precision, device)  # the protocol names what ran
+    if precision != config.precision:
+        config = config.model_copy(update={"precision": precision})
     pipe = model if isinstance(model, Pipeline) else load_pretrained(model, device=device)
     dataset = _open_dataset(pipe, config.dataset) if config.dataset else None
     protocol = base_protocol(pipe, config, dataset)

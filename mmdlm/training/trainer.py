@@ -46,6 +46,7 @@ from mmdlm.data.loader import BatchLoader
 from mmdlm.data.tokens import TokenDataset
 from mmdlm.eval.likelihood import eval_batches, nll_sums
 from mmdlm.families import Built, get_family
+from mmdlm.precision import effective_precision
 from mmdlm.training import checkpoint as ckpt
 from mmdlm.training.distributed import (
     DistInfo,
@@ -106,7 +107,10 @@ class Trainer:
         self.device = self.dist.device
         self.run_dir = Path(config.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
-        self.amp_dtype = torch.bfloat16 if config.precision == "bf16" else None
+        precision = effective_precision(config.precision, self.device)  # bf16 only where it is fast
+        if precision != config.precision:
+            config = self.config = config.model_copy(update={"precision": precision})  # what runs is recorded
+        self.amp_dtype = torch.bfloat16 if precision == "bf16" else None
 
         # 1. data (a family may read its own dataset kind: the latent families open a `latent-dataset`)
         self.family = get_family(config.model.family)

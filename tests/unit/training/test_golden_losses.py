@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from mmdlm.clusters import Clusters, tokenizer_fingerprint
+from mmdlm.clusters import modulo_clusters
 from mmdlm.data.tokens import TokenDataset
 from mmdlm.training.debug import debug_train_config
 from mmdlm.training.metrics import read_metrics
@@ -28,15 +27,7 @@ def fixed_clusters(dataset: Path, out: Path, num_clusters: int = 16) -> Path:
     on an AMD EPYC its assignments moved HDLM's curve 0.2% from the Intel-recorded golden, which says
     nothing about the loop's numerics (k-means has its own tests in tests/unit/test_clusters.py)."""
     ds = TokenDataset.open(dataset, verify=False)
-    tokenizer = ds.tokenizer()
-    cluster_map = np.arange(len(tokenizer)) % num_clusters
-    cluster_map[ds.vocab.mask_id] = -1
-    centroids = np.zeros((num_clusters, 8), dtype=np.float32)  # unused: embed_init is "random"
-    manifest = {
-        "source": {"kind": "fixed", "rule": "id mod C"},
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-    }
-    return Clusters(cluster_map, centroids, manifest).save(out)
+    return modulo_clusters(ds.tokenizer(), num_clusters, [ds.vocab.mask_id]).save(out)
 
 
 @pytest.mark.parametrize("family", ["ar", "mdlm", "gidd", "hdlm"])

@@ -13,7 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mmdlm import precision as precision_module
 from mmdlm.families import LossOutput
+from mmdlm.precision import FORCE_BF16_ENV
 from mmdlm.training import checkpoint as ckpt
 from mmdlm.training.debug import debug_train_config
 from mmdlm.training.distributed import init_distributed
@@ -28,9 +30,13 @@ def test_single_process_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> Non
     assert (info.rank, info.world_size, info.distributed) == (0, 1, False)
 
 
-def test_bf16_keeps_float32_master_weights(debug_dataset: Path, tmp_path: Path) -> None:
+def test_bf16_keeps_float32_master_weights(
+    debug_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Spec bug 24: bf16 lives only inside autocast; weights and Adam moments stay float32, so an update far
-    below bf16 resolution (lr 1e-6 on O(0.02) weights) still changes them."""
+    below bf16 resolution (lr 1e-6 on O(0.02) weights) still changes them. (bf16 forced: on a CPU without
+    native bf16 the trainer would run fp32, see the next test.)"""
+    monkeypatch.setenv(FORCE_BF16_ENV, "1")
     trainer = _trainer(debug_dataset, tmp_path / "run", precision="bf16", optimizer={"lr": 1e-6},
                        schedule={"warmup_steps": 0})  # fmt: skip
     before = [p.detach().clone() for p in trainer.raw_model.parameters()]
@@ -41,6 +47,27 @@ def test_bf16_keeps_float32_master_weights(debug_dataset: Path, tmp_path: Path) 
     w0, w1 = before[1], params[1].detach()
     changed = (w0 != w1) & (w0.bfloat16().float() == w1.bfloat16().float())
     assert bool(changed.any())  # moved, yet invisible at bf16 resolution
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_runs_in_fp32_where_it_is_slow(
+    fast: bool,
+    debug_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """bf16 on a device without native bf16 (an AVX2-only CPU: 60-100x slower than fp32) trains in fp32,
+    says so, and records fp32 as what ran; with native bf16 it stays bf16."""
+    monkeypatch.delenv(FORCE_BF16_ENV, raising=False)
+    monkeypatch.setattr(precision_module, "has_fast_bf16", lambda device_type: fast)
+    precision_module._warn_once.cache_clear()
+    with caplog.at_level("WARNING", logger="mmdlm.precision"):
+        trainer = _trainer(debug_dataset, tmp_path / "run", precision="bf16")
+    ran = "bf16" if fast else "fp32"
+    assert trainer.config.precision == ran and (trainer.amp_dtype is torch.bfloat16) == fast
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == ran
+    assert ("no native bf16" in caplog.text) != fast
 
 
 def _trainer(dataset: Path, run_dir: Path, family: str = "ar", **overrides: object) -> Trainer:
