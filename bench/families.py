@@ -52,6 +52,7 @@ from mmdlm.config.sample import SampleConfig  # noqa: E402
 from mmdlm.config.train import OptimizerSection  # noqa: E402
 from mmdlm.data.vocab import VocabInfo  # noqa: E402
 from mmdlm.families import Built, get_family  # noqa: E402
+from mmdlm.precision import has_fast_bf16  # noqa: E402
 from mmdlm.training.flops import matmul_peak_flops, sync, train_step_flops  # noqa: E402
 from mmdlm.training.optim import build_optimizer  # noqa: E402
 
@@ -448,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
         "machine": platform.processor() or platform.machine(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": has_fast_bf16(device.type),  # False: bf16 cells time PyTorch's slow fallback
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "vocab_size": vocab.vocab_size,
         "matmul_peak_flops": peak,
@@ -485,7 +488,8 @@ def print_table(result: dict, families: list[str], precisions: list[str], compil
     print()
     print(f"DiT/AR hidden {a['hidden']}, {a['blocks']} blocks, V={result['vocab_size']}, seq {a['seq_len']}; train "
           f"batch {a['train_batch']}; sampling {a['sample_rows']} x {a['seq_len']}, {a['steps']} steps; "
-          f"{result['threads']} threads; {result['device']}")  # fmt: skip
+          f"{result['threads']} threads; {result['device']} ({result['cpu_capability']}, native bf16: "
+          f"{result['native_bf16']})")  # fmt: skip
     print("matmul peak " + ", ".join(f"{p} {v / 1e9:.1f} GFLOP/s" for p, v in peak.items())
           + f" ({a['gemm_size']}^3); cells are " + " / ".join(precisions))  # fmt: skip
     print(f"memory: {result['memory']}")

@@ -34,7 +34,7 @@ from mmdlm.config.data import PrepareDataConfig  # noqa: E402
 from mmdlm.data import prepare_dataset  # noqa: E402
 from mmdlm.data.tokens import TokenDataset  # noqa: E402
 from mmdlm.training.debug import debug_train_config  # noqa: E402
-from mmdlm.training.flops import train_step_flops  # noqa: E402
+from mmdlm.training.flops import matmul_peak_flops, train_step_flops  # noqa: E402
 from mmdlm.training.metrics import read_metrics  # noqa: E402
 from mmdlm.training.trainer import Trainer  # noqa: E402
 
@@ -46,23 +46,6 @@ def spec_peak(name: str) -> tuple[str, float] | None:
         if all(part in name for part in key.split()):
             return key, value
     return None
-
-
-def matmul_peak(device: torch.device, n: int) -> float:
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(10):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
 
 
 def main() -> int:
@@ -112,6 +95,7 @@ def main() -> int:
             },
         )  # fmt: skip
         trainer = Trainer(cfg)
+        ran = trainer.config.precision
         batch = next(iter(trainer.train_loader))
         model_cfg = cfg.model.model
         flops_per_step = train_step_flops(
@@ -128,7 +112,9 @@ def main() -> int:
     tokens_per_s = statistics.median(r["tokens_per_s"] for r in windows)
     steps_per_s = statistics.median(r["steps_per_s"] for r in windows)
     achieved = flops_per_step * steps_per_s
-    measured = matmul_peak(device, 8192 if device.type == "cuda" else 2048)
+    # the peak of the precision that ran: bf16, or fp32 where bf16 is not native (mmdlm.precision)
+    dtype = torch.bfloat16 if ran == "bf16" else torch.float32
+    measured = matmul_peak_flops(dtype, 8192 if device.type == "cuda" else 1024, 10, device)
     known = spec_peak(name)
     result = {
         "benchmark": "gpu_train",
@@ -137,6 +123,7 @@ def main() -> int:
         "torch": torch.__version__,
         "args": vars(args),
         "params": params,
+        "precision": ran,
         "flops_per_step": flops_per_step,
         "tokens_per_s": tokens_per_s,
         "achieved_flops": achieved,
@@ -149,14 +136,14 @@ def main() -> int:
         "wall_s": wall,
     }
     print(
-        f"\n{name}: {args.family} {args.size} ({params / 1e6:.1f}M params), bf16, batch {args.batch_size} x {args.seq_len}"
+        f"\n{name}: {args.family} {args.size} ({params / 1e6:.1f}M params), {ran}, batch {args.batch_size} x {args.seq_len}"
     )
     print(f"  tokens/s             {tokens_per_s:12,.0f}")
     print(f"  model FLOP/s         {achieved / 1e12:12.2f} T")
     print(
-        f"  MFU vs measured bf16 matmul ({measured / 1e12:.1f} T): {100 * result['mfu_vs_measured_matmul']:.1f}%"
+        f"  MFU vs measured {ran} matmul ({measured / 1e12:.1f} T): {100 * result['mfu_vs_measured_matmul']:.1f}%"
     )
-    if known:
+    if known and ran == "bf16":
         print(
             f"  MFU vs {known[0]} dense bf16 peak ({known[1] / 1e12:.0f} T): {100 * result['mfu_vs_spec_peak']:.1f}%"
         )
