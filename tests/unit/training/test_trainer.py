@@ -57,7 +57,7 @@ def test_bf16_runs_in_fp32_where_it_is_slow(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """bf16 on a device without native bf16 (an AVX2-only CPU: 60-100x slower than fp32) trains in fp32,
+    """bf16 on a device without native bf16 (an AVX2-only CPU: tens of times slower than fp32) trains in fp32,
     says so, and records fp32 as what ran; with native bf16 it stays bf16."""
     monkeypatch.delenv(FORCE_BF16_ENV, raising=False)
     monkeypatch.setattr(precision_module, "has_fast_bf16", lambda device_type: fast)
