@@ -10,7 +10,6 @@ precise, never less) with a warning, and what ran is recorded as fp32.
 from __future__ import annotations
 
 import logging
-import os
 from functools import cache
 from typing import Literal
 
@@ -32,14 +31,10 @@ def has_fast_bf16(device_type: str) -> bool:
     return True  # other accelerators (mps, xpu): trust the request
 
 
-FORCE_BF16_ENV = "MMDLM_FORCE_BF16"
-"""Set to 1 to run bf16 even where it is slow (tests of bf16 numerics on any CPU)."""
-
-
 def effective_precision(requested: Precision, device: torch.device | str) -> Precision:
     """`requested`, except bf16 on a device without fast bf16, which runs in fp32 (warned once)."""
     device_type = torch.device(device).type
-    if requested != "bf16" or has_fast_bf16(device_type) or os.environ.get(FORCE_BF16_ENV) == "1":
+    if requested != "bf16" or has_fast_bf16(device_type):
         return requested
     _warn_once(device_type)
     return "fp32"

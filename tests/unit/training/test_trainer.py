@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 from mmdlm import precision as precision_module
 from mmdlm.families import LossOutput
-from mmdlm.precision import FORCE_BF16_ENV
 from mmdlm.training import checkpoint as ckpt
 from mmdlm.training.debug import debug_train_config
 from mmdlm.training.distributed import init_distributed
@@ -36,7 +35,7 @@ def test_bf16_keeps_float32_master_weights(
     """Spec bug 24: bf16 lives only inside autocast; weights and Adam moments stay float32, so an update far
     below bf16 resolution (lr 1e-6 on O(0.02) weights) still changes them. (bf16 forced: on a CPU without
     native bf16 the trainer would run fp32, see the next test.)"""
-    monkeypatch.setenv(FORCE_BF16_ENV, "1")
+    monkeypatch.setattr(precision_module, "has_fast_bf16", lambda device_type: True)
     trainer = _trainer(debug_dataset, tmp_path / "run", precision="bf16", optimizer={"lr": 1e-6},
                        schedule={"warmup_steps": 0})  # fmt: skip
     before = [p.detach().clone() for p in trainer.raw_model.parameters()]
@@ -59,7 +58,6 @@ def test_bf16_runs_in_fp32_where_it_is_slow(
 ) -> None:
     """bf16 on a device without native bf16 (an AVX2-only CPU: tens of times slower than fp32) trains in fp32,
     says so, and records fp32 as what ran; with native bf16 it stays bf16."""
-    monkeypatch.delenv(FORCE_BF16_ENV, raising=False)
     monkeypatch.setattr(precision_module, "has_fast_bf16", lambda device_type: fast)
     precision_module._warn_once.cache_clear()
     with caplog.at_level("WARNING", logger="mmdlm.precision"):
