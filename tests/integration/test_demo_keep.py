@@ -20,7 +20,8 @@ from tests.utils.harness import REPO
 pytestmark = pytest.mark.integration
 
 SCRIPT = """
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if pytest runs in the background (`&` ignores SIGINT)
 from rich.console import Console
 from services.common.settings import Settings
 from services.demo import run_demo
