@@ -58,9 +58,9 @@ async def read_job(state: AppState, job_id: str, owner_id: int) -> tuple[Any, li
     return await run_in_threadpool(_read_job_sync, state, job_id, owner_id)
 
 
-def _list_sync(state: AppState, count: Any, page: Any, params: dict[str, Any]) -> tuple[list[Any], int]:
+def _list_sync(state: AppState, owner_id: int, filters: dict[str, Any]) -> tuple[list[Any], int]:
     with state.db.read() as conn:
-        return crud.job_page_of(conn.execute(page, params).all()), conn.execute(count, params).scalar_one()
+        return crud.list_jobs(conn, owner_id, **filters)
 
 
 def _check_sync(state: AppState, kind: JobKind, spec: BaseModel, user: Principal) -> None:
@@ -127,14 +127,13 @@ def build_router(job_create: Any) -> APIRouter:
         """The caller's jobs, newest first; filter by `status` (repeatable) and `kind`. Two reads (count,
         and the page joined with its artifacts) on the event loop: no thread hop."""
         state: AppState = request.app.state.mmdlm
-        count, page, params = crud.job_list_query(
-            user.id, status=[s.value for s in status_ or []], kind=kind, limit=limit, offset=offset
-        )
+        filters = {"status": [s.value for s in status_ or []], "kind": kind, "limit": limit, "offset": offset}
         if state.reads.enabled:
+            count, page, params = crud.job_list_query(user.id, **filters)
             total = (await state.reads.fetch(count, params))[0][0]
             jobs = crud.job_page_of(await state.reads.fetch(page, params))
         else:
-            jobs, total = await run_in_threadpool(_list_sync, state, count, page, params)
+            jobs, total = await run_in_threadpool(_list_sync, state, user.id, filters)
         return _json(
             JobsPublic(
                 data=[JobPublic.of(job, produced) for job, produced in jobs],
