@@ -26,6 +26,7 @@ from mmdlm.eval.evaluate import evaluate, is_bundled
 from mmdlm.eval.likelihood import eval_batches, nll_sums
 from mmdlm.eval.results import BUNDLED_CORPUS_NOTE, EvalProtocol, EvalReport, NLLResult
 from mmdlm.pipeline import Pipeline, load_pretrained
+from mmdlm.precision import effective_precision
 from services.common.context import JobContext
 from services.sampler.families import family_kind
 from services.sampler.kinds import EvaluateSpec
@@ -209,10 +210,11 @@ def latent_nll(pipe: Pipeline, dataset: LatentDataset, spec: EvaluateSpec) -> NL
     NLL accumulation (float64 sums, non-pad tokens)."""
     trained = pipe.trained or {}
     source = dataset.manifest.source.get("source")
+    precision = effective_precision(spec.precision, pipe.device)  # the protocol names what ran
     protocol = EvalProtocol(
         model=str(pipe.path) if pipe.path else None, family=pipe.family, dataset=str(dataset.root),
         dataset_source=source, tokenizer=dataset.manifest.tokenizer.name, split=spec.split,
-        context_length=dataset.seq_len, tokens_seen=trained.get("tokens_seen"), precision=spec.precision,
+        context_length=dataset.seq_len, tokens_seen=trained.get("tokens_seen"), precision=precision,
         seed=spec.seed, estimator="elbo", num_time_samples=spec.num_time_samples,
         notes=[*([BUNDLED_CORPUS_NOTE] if is_bundled(source) else []),
                f"text NLL given the clean latent of each row ({dataset.encoder_name} encoder): -log p(x | z)"],
@@ -221,7 +223,7 @@ def latent_nll(pipe: Pipeline, dataset: LatentDataset, spec: EvaluateSpec) -> NL
     sums = nll_sums(
         pipe.objective, pipe.model, eval_batches(dataset.split(spec.split), spec.batch_size, 0, 1, spec.max_batches),  # type: ignore[arg-type]
         num_samples=spec.num_time_samples, generator=generator,
-        autocast_dtype=torch.bfloat16 if spec.precision == "bf16" else None, device=pipe.device,
+        autocast_dtype=torch.bfloat16 if precision == "bf16" else None, device=pipe.device,
     )  # fmt: skip
     return NLLResult.from_sums(sums.nll, sums.tokens, sums.sequences, protocol)
 

@@ -9,6 +9,7 @@ import secrets
 
 import torch
 
+from mmdlm.precision import effective_precision
 from services.sampler.cache import EncoderCache, LoadedModel
 from services.sampler.engine import GenJob
 from services.sampler.families import SAMPLERS, modes_of
@@ -93,6 +94,14 @@ def _refuse_fields(req: GenerateRequest, mode: str) -> None:
             raise RequestError(name, f"does not apply to mode {mode!r} (used by {', '.join(modes)})")
 
 
+def sampling_params(model: LoadedModel, req: GenerateRequest) -> SamplingParams:
+    """The request's sampling parameters, with the precision that will run: bf16 only where the device
+    has native bf16 (else fp32, as training and evaluation do), so the samples' protocol names it."""
+    params = SamplingParams.model_validate(req.protocol())
+    params.precision = effective_precision(params.precision, model.pipe.device)
+    return params
+
+
 def resolve(
     model: LoadedModel, req: GenerateRequest, limits: SamplerSettings, encoders: EncoderCache | None = None
 ) -> GenJob:
@@ -116,7 +125,7 @@ def resolve(
         raise RequestError(
             "seq_len", f"{seq_len} exceeds the model's max_seq_len of {model.max_seq_len} tokens"
         )
-    job = GenJob(rows=req.num_samples, seq_len=0, mode=mode, params=SamplingParams.model_validate(req.protocol()),
+    job = GenJob(rows=req.num_samples, seq_len=0, mode=mode, params=sampling_params(model, req),
                  seed=req.seed if req.seed is not None else new_seed())  # fmt: skip
 
     prompt: list[int] | None = None
@@ -208,7 +217,7 @@ def resolve_image(model: LoadedModel, req: GenerateRequest, limits: SamplerSetti
             f"an image model's captions are {caption_len} tokens (its max_seq_len); leave seq_len out",
         )
     guidance = {"t2i": req.image_guidance_scale, "i2t": req.caption_guidance_scale}.get(mode)
-    params = SamplingParams.model_validate(req.protocol())
+    params = sampling_params(model, req)
     if guidance is not None:
         params.guidance_scale = guidance
     if mode == "joint" and params.guidance_scale != 1.0:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 from pydantic import ValidationError
 
+from mmdlm import precision as precision_module
 from services.sampler.cache import LoadedModel
 from services.sampler.resolve import resolve
 from services.sampler.schemas import CompletionRequest, GenerateRequest, RequestError
@@ -105,3 +106,15 @@ def test_defaults_follow_the_model(load_model: Callable[[str], LoadedModel]) -> 
     job = resolve(model, GenerateRequest(model="m", prompt="[MASK] [PAD]"), LIMITS)
     vocab = model.pipe.vocab
     assert not ({vocab.mask_id, vocab.pad_id} & set(job.prompt_ids.tolist()))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_runs_in_fp32_where_it_is_slow(
+    fast: bool, load_model: Callable[[str], LoadedModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bf16 request on a device without native bf16 samples in fp32 (as training and evaluation do), and
+    the job's protocol, which the samples are reported with, names fp32."""
+    monkeypatch.setattr(precision_module, "has_fast_bf16", lambda device_type: fast)
+    job = resolve(load_model("mdlm"), GenerateRequest(model="m", precision="bf16"), LIMITS)
+    assert job.params.precision == ("bf16" if fast else "fp32")
+    assert job.params.protocol()["precision"] == job.params.precision
