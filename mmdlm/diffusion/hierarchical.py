@@ -39,7 +39,7 @@ from mmdlm.diffusion.base import (
     sample_categorical,
     uniform,
 )
-from mmdlm.diffusion.fused import cluster_row_terms
+from mmdlm.diffusion.fused import cluster_members, cluster_row_terms
 
 
 def segment_logsumexp(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
@@ -99,6 +99,9 @@ class HierarchicalProcess(DiscreteProcess):
     def _constant(self, name: str) -> Tensor:
         if name == "token_cluster":
             return self._token_cluster
+        if name in ("cluster_members", "cluster_member_pad"):
+            members = cluster_members(self._token_cluster, self.layout.text_mask(), self.C)
+            return members[0] if name == "cluster_members" else members[1]
         return super()._constant(name)
 
     # ----- schedule -----
@@ -200,13 +203,17 @@ class HierarchicalProcess(DiscreteProcess):
         if self.xi == 1.0:
             # K_theta = P_c: each position needs one cluster's mass (its own at [MASK], z_t's at a cluster),
             # computed fused per row without any (B, L, V) or (B, L, C) tensor
+            # (only at [MASK] and cluster positions: a clean position scores nothing)
             sel = torch.where(is_m, own, zc)
+            device = logits.device
             log_x_x, log_p_sel = cluster_row_terms(
                 logits.reshape(-1, logits.shape[-1]),
                 x0.reshape(-1),
                 sel.reshape(-1),
-                self._on("token_cluster", logits.device),
+                self._on("token_cluster", device),
                 text,
+                rows=(is_m | is_c).reshape(-1),
+                members=(self._on("cluster_members", device), self._on("cluster_member_pad", device)),
             )
             log_x_x, log_kt_own = log_x_x.view(x0.shape), log_p_sel.view(x0.shape)
             log_kt_z = log_kt_own

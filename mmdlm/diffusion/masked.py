@@ -24,6 +24,7 @@ from mmdlm.diffusion.base import (
     sample_categorical,
     uniform,
 )
+from mmdlm.diffusion.fused import text_log_prob
 
 
 class MaskedProcess(DiscreteProcess):
@@ -64,12 +65,18 @@ class MaskedProcess(DiscreteProcess):
     def loss(
         self, logits: Tensor, x0: Tensor, zt: Tensor, t: Tensor, cluster_logits: Tensor | None = None
     ) -> TokenLoss:
-        """Per-token MDLM ELBO; the training loss is the ELBO itself (no weighting option exists)."""
-        logp = torch.log_softmax(
-            logits.float().masked_fill(~self.text_mask(logits.device), float("-inf")), dim=-1
-        )
-        nll = -logp.gather(-1, x0[..., None]).squeeze(-1)  # (B, L); inf only at non-text targets (padding)
+        """Per-token MDLM ELBO; the training loss is the ELBO itself (no weighting option exists).
+
+        Only masked positions are scored, so only their rows of the vocabulary math are computed (fused,
+        float32, no (B, L, V) log-softmax); the others hold 0 and get no gradient."""
         is_mask = zt == self.layout.mask_id
+        log_x = text_log_prob(
+            logits.reshape(-1, logits.shape[-1]),
+            x0.reshape(-1),
+            self.text_mask(logits.device),
+            is_mask.reshape(-1),
+        )
+        nll = -log_x.view(x0.shape)  # (B, L); inf only at non-text targets (padding)
         elbo = torch.where(is_mask, self.weight(t.float())[:, None] * nll, torch.zeros_like(nll))
         return TokenLoss(
             loss=elbo, elbo=elbo, metrics={"rec_loss": torch.where(is_mask, nll, torch.zeros_like(nll))}

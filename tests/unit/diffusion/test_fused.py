@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mmdlm.diffusion.fused import CHUNK_ROWS, cluster_row_terms, gidd_row_terms, text_logsumexp
+from mmdlm.diffusion.fused import CHUNK_ROWS, cluster_row_terms, gidd_row_terms, text_log_prob, text_logsumexp
 
 R, V = 3 * CHUNK_ROWS + 5, 37  # rows span several chunks, the last one partial
 
@@ -50,27 +50,45 @@ def test_gidd_row_terms_match_dense_autograd() -> None:
 
 
 def test_cluster_row_terms_match_dense_autograd_float32_and_bf16() -> None:
+    """Also for selected rows only, clusters of very different sizes and a cluster without text ids."""
     g = torch.Generator().manual_seed(1)
     text = _text()
     segment = torch.randint(0, 5, (V,), generator=g)
-    segment[1:4] = 4  # cluster 4 holds ids 1..3 and maybe others
+    segment[1:20] = 4  # cluster 4 holds most ids
+    segment[30] = 5  # cluster 5 holds only [MASK] (not text): log-mass -inf
     x = torch.randint(1, 30, (R,), generator=g)
     sel = segment[x]
     sel[:3] = torch.randint(0, 5, (3,), generator=g)  # any cluster, not only x's own
+    sel[3] = 5
     w = torch.randn(2, R, generator=g)
+    selected = torch.rand(R, generator=g) < 0.5
     for dtype, tol in ((torch.float32, {}), (torch.bfloat16, {"rtol": 2e-2, "atol": 2e-2})):
-        logits = (torch.randn(R, V, generator=g) * 3).to(dtype).requires_grad_()
-        log_x, log_p = cluster_row_terms(logits, x, sel, segment, text)
-        dense = _dense_log_x(logits, text)
-        inside = segment[None, :] == sel[:, None]
-        ref_p = torch.logsumexp(dense.masked_fill(~inside, float("-inf")), dim=-1)
-        ref_x = dense.gather(-1, x[:, None]).squeeze(-1)
-        torch.testing.assert_close(log_x, ref_x)
-        torch.testing.assert_close(log_p, ref_p)
-        (grad,) = torch.autograd.grad((w[0] * log_x).sum() + (w[1] * log_p).sum(), logits)
-        (ref,) = torch.autograd.grad((w[0] * ref_x).sum() + (w[1] * ref_p).sum(), logits)
-        assert grad.dtype == dtype
-        torch.testing.assert_close(grad.float(), ref.float(), **tol)
+        for rows in (None, selected):
+            logits = (torch.randn(R, V, generator=g) * 3).to(dtype).requires_grad_()
+            log_x, log_p = cluster_row_terms(logits, x, sel, segment, text, rows=rows)
+            dense = _dense_log_x(logits, text)
+            inside = segment[None, :] == sel[:, None]
+            ref_p = torch.logsumexp(dense.masked_fill(~inside, float("-inf")), dim=-1)
+            ref_x = dense.gather(-1, x[:, None]).squeeze(-1)
+            keep = torch.ones(R, dtype=torch.bool) if rows is None else rows
+            assert torch.isneginf(ref_p[3]) and (rows is not None and not rows[3] or torch.isneginf(log_p[3]))
+            torch.testing.assert_close(log_x[keep], ref_x[keep])
+            torch.testing.assert_close(log_p[keep], ref_p[keep])
+            if rows is not None:
+                assert (log_x[~rows] == 0).all() and (log_p[~rows] == 0).all()
+            finite = keep & torch.isfinite(ref_p)
+            (grad,) = torch.autograd.grad(
+                torch.where(keep, w[0] * log_x, 0.0).sum() + torch.where(finite, w[1] * log_p, 0.0).sum(),
+                logits,
+            )
+            (ref,) = torch.autograd.grad(
+                torch.where(keep, w[0] * ref_x, 0.0).sum() + torch.where(finite, w[1] * ref_p, 0.0).sum(),
+                logits,
+            )
+            assert grad.dtype == dtype and bool(torch.isfinite(grad).all())
+            # row 3: the dense reference's gradient through a logsumexp of only -inf is nan even where unused
+            other = torch.arange(R) != 3
+            torch.testing.assert_close(grad[other].float(), ref[other].float(), **tol)
 
 
 def test_text_logsumexp_matches_masked_logsumexp_including_dominant_excluded_ids() -> None:
@@ -82,3 +100,28 @@ def test_text_logsumexp_matches_masked_logsumexp_including_dominant_excluded_ids
     ref = torch.logsumexp(logits.masked_fill(~text, float("-inf")), dim=-1)
     torch.testing.assert_close(text_logsumexp(logits, text), ref)
     torch.testing.assert_close(text_logsumexp(logits.bfloat16(), text), ref, rtol=2e-2, atol=5e-2)
+
+
+def test_text_log_prob_matches_dense_autograd_all_rows_and_selected_rows() -> None:
+    g = torch.Generator().manual_seed(3)
+    text = _text()
+    x = torch.randint(0, V, (R,), generator=g)  # some targets off text: -inf, as the dense log-softmax
+    w = torch.randn(R, generator=g)
+    selected = torch.rand(R, generator=g) < 0.5
+    for dtype, tol in ((torch.float32, {}), (torch.bfloat16, {"rtol": 2e-2, "atol": 2e-2})):
+        for rows in (None, selected):
+            logits = (torch.randn(R, V, generator=g) * 3).to(dtype).requires_grad_()
+            log_x = text_log_prob(logits, x, text, rows)
+            ref = _dense_log_x(logits, text).gather(-1, x[:, None]).squeeze(-1)
+            keep = torch.isfinite(ref) if rows is None else rows & torch.isfinite(ref)
+            if rows is not None:
+                assert (log_x[~rows] == 0).all()  # not computed
+            torch.testing.assert_close(log_x[keep], ref[keep])
+            computed = torch.ones_like(keep) if rows is None else rows
+            assert torch.equal(torch.isinf(log_x), torch.isinf(ref) & computed)  # off-text targets: -inf
+            (grad,) = torch.autograd.grad(torch.where(keep, w * log_x, 0.0).sum(), logits)
+            (ref_grad,) = torch.autograd.grad(torch.where(keep, w * ref, 0.0).sum(), logits)
+            assert grad.dtype == dtype
+            torch.testing.assert_close(grad.float(), ref_grad.float(), **tol)
+            if rows is not None:
+                assert (grad[~rows] == 0).all()
