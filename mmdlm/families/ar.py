@@ -16,12 +16,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdlm.config.ar import ARSpec
 from mmdlm.config.sample import SampleConfig
 from mmdlm.data.vocab import VocabInfo
+from mmdlm.diffusion.fused import text_log_prob
 from mmdlm.families import Built, LossOutput
 from mmdlm.models.ar import ARTransformer
 from mmdlm.sampling.ancestral import SampleOutput
@@ -42,9 +42,11 @@ class ARObjective:
     def _token_nll(self, model: nn.Module, ids: Tensor) -> tuple[Tensor, Tensor]:
         """Per-token NLL in float32 (B, L), zero at pad targets, and the target mask (B, L)."""
         logits = model(shift_right(ids, self.vocab.bos_id))  # (B, L, V)
-        nll = F.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")  # (B, L)
         mask = ids != self.vocab.pad_id
-        return nll * mask, mask
+        # softmax over every column, as cross-entropy; fused and only at scored (non-pad) targets
+        every = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        log_p = text_log_prob(logits.reshape(-1, logits.shape[-1]), ids.reshape(-1), every, mask.reshape(-1))
+        return -log_p.view(ids.shape), mask
 
     def __call__(
         self,
