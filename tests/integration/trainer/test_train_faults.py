@@ -54,7 +54,16 @@ def test_sigkilled_worker_resumes_from_the_stored_checkpoint(
     p: Platform = platform_factory(make_backend("production"), workers_queues=[["train"]], env=TRAIN_ENV)
     dataset = publish_local_artifact(p, tiny_dataset, kind="dataset")
     job = p.client.submit(train_spec(dataset, steps=50, max_attempts=3))
-    wait_for(lambda: any("step-00000020" in k for k in _markers(p, job["id"])), 120, "checkpoint 20 stored")
+    try:
+        wait_for(
+            lambda: any("step-00000020" in k for k in _markers(p, job["id"])), 120, "checkpoint 20 stored"
+        )
+    except AssertionError as exc:  # say where the job was (an intermittent stall here was seen once in CI)
+        state = p.client.job(job["id"])
+        lines = [e.data.get("line", e.type) for e in p.client.events(job["id"])][-30:]
+        raise AssertionError(
+            f"{exc}: job {state['status']} {state.get('progress')}; last events: {lines}"
+        ) from None
     pids = job_processes(job["id"])
     p.kill_worker(p.worker_running(p.client.job(job["id"])))
     # PR_SET_PDEATHSIG: the launcher dies with the worker's pool process, the ranks with the launcher
