@@ -9,7 +9,8 @@ depend on them (the adaLN-zero layers are filled with noise so samplers see non-
 Measured, alternating the cells inside each repeat round (a shared machine's load drifts), medians:
   training   tokens/s of one optimizer step (forward + backward + token rescale/clip + fused AdamW, as
              `Trainer._train_step`), fp32 and bf16 autocast, compile off and on (`torch.compile` of the
-             network, as `TrainConfig.compile`); compile time = first compiled step - median step.
+             network and the fused loss kernels, as `TrainConfig.compile`); compile time = first compiled
+             step - median step.
              Share of peak = model FLOP/s (mmdlm.training.flops: hooked nn.Linear FLOPs x 3 + attention) /
              the FLOP/s of an n x n x n matmul at the same precision timed in every round (best round kept).
   sampling   tokens/s of `family.generate` (8 rows x 128, 64 steps; AR: 128 KV-cached decode calls) and
@@ -51,6 +52,7 @@ import mmdlm  # noqa: E402
 from mmdlm.config.sample import SampleConfig  # noqa: E402
 from mmdlm.config.train import OptimizerSection  # noqa: E402
 from mmdlm.data.vocab import VocabInfo  # noqa: E402
+from mmdlm.diffusion.fused import compiled_kernels  # noqa: E402
 from mmdlm.families import Built, get_family  # noqa: E402
 from mmdlm.precision import has_fast_bf16  # noqa: E402
 from mmdlm.training.flops import matmul_peak_flops, sync, train_step_flops  # noqa: E402
@@ -173,7 +175,7 @@ class TrainCell:
         self.model.train()
         sync(self.device)
         t0 = time.perf_counter()
-        with autocast(self.device, precision):
+        with autocast(self.device, precision), compiled_kernels(compile_):  # as the trainer does
             out = self.objective(net, self.batch, self.generator)
         n = out.num_tokens if out.num_tokens is not None else torch.tensor(self.batch["input_ids"].numel())
         (out.loss * n).backward()

@@ -7,11 +7,18 @@ functions compute the scalars row-chunk by row-chunk (so each chunk stays in cac
 respect to the logits in one pass, recomputing the softmax instead of storing it. Arithmetic is float32, as in
 the unfused losses (no bf16 rounding of the vocabulary math, spec §11 bug 20).
 
+The per-chunk arithmetic lives in small kernel functions. Eager, each is a handful of in-place passes over the
+chunk; under `compiled_kernels()` each is one `torch.compile`d function (Inductor fuses the passes into one or
+two loops per row, measured 2-4x faster on CPU, issue 12). The trainer turns that on with `TrainConfig.compile`.
+
 Shapes: R rows (positions), V_r logit columns; `text` (V_r,) bool selects the ids the denoiser may emit.
 """
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -23,6 +30,38 @@ CHUNK_ROWS = 128
 #: elements per chunk on accelerators, where few large kernels beat many cache-sized ones
 DEVICE_CHUNK_ELEMENTS = 1 << 26
 
+_USE_COMPILED: contextvars.ContextVar[bool] = contextvars.ContextVar("mmdlm_fused_compiled", default=False)
+_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+@contextmanager
+def compiled_kernels(enabled: bool = True) -> Iterator[None]:
+    """Run the chunk kernels `torch.compile`d inside this block (this thread or task only; eager outside).
+
+    Each kernel compiles once per process with dynamic shapes (the last chunk and the selected-row chunks
+    differ in rows), so the first loss inside the block pays a few seconds."""
+    token = _USE_COMPILED.set(enabled)
+    try:
+        yield
+    finally:
+        _USE_COMPILED.reset(token)
+
+
+def _kernel(fn: Callable[..., Any], compiled: bool) -> Callable[..., Any]:
+    """`fn`, or its compiled twin. Forward reads the switch and saves it for backward, which may run on
+    another thread (CUDA autograd runs backward on its own device threads)."""
+    if not compiled:
+        return fn
+    compiled = _COMPILED.get(fn)
+    if compiled is None:
+        compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return compiled
+
+
+def _forward_switch(ctx: Any) -> bool:
+    ctx.compiled = _USE_COMPILED.get()
+    return ctx.compiled
+
 
 def _chunk_rows(logits: Tensor) -> int:
     if logits.device.type == "cpu":
@@ -30,21 +69,117 @@ def _chunk_rows(logits: Tensor) -> int:
     return max(1, DEVICE_CHUNK_ELEMENTS // max(1, logits.shape[-1]))
 
 
-def _chunks(logits: Tensor) -> list[tuple[int, int]]:
-    """[lo, hi) row ranges covering the rows of `logits`."""
-    rows, step = logits.shape[0], _chunk_rows(logits)
-    return [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
+def _row_chunks(rows: Tensor | None, logits: Tensor) -> list[Tensor | slice]:
+    """Chunks of the rows to compute: slices of every row, or index tensors of the True entries of `rows`."""
+    count, step = logits.shape[0], _chunk_rows(logits)
+    if rows is None:
+        return [slice(lo, min(lo + step, count)) for lo in range(0, count, step)]
+    return list(torch.nonzero(rows).flatten().split(step))
 
 
-def _masked_float(logits: Tensor, lo: int, hi: int, neg_text: Tensor) -> Tensor:
-    """Rows [lo, hi) as a fresh float32 tensor with non-text columns at -inf."""
-    chunk = logits[lo:hi].to(torch.float32, copy=True)
-    return chunk.masked_fill_(neg_text, float("-inf"))
+def _take(logits: Tensor, idx: Tensor | slice) -> Tensor:
+    """Rows `idx` of `logits`: a view for a slice, a copy for an index tensor (kernels never modify it)."""
+    return logits[idx] if isinstance(idx, slice) else logits.index_select(0, idx)
+
+
+def _put(dest: Tensor, idx: Tensor | slice, rows: Tensor) -> None:
+    """Write `rows` into `dest` (one rounding to dest's dtype)."""
+    if isinstance(idx, slice):
+        dest[idx] = rows
+    else:
+        dest.index_copy_(0, idx, rows.to(dest.dtype))
 
 
 def _safe(lse: Tensor) -> Tensor:
     """-inf normalisers (a row or cluster without text ids) replaced by 0, so exp(l - lse) stays 0, not nan."""
     return torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+
+
+def _text_only(chunk: Tensor, neg_text: Tensor) -> Tensor:
+    """The chunk as a fresh float32 tensor with non-text columns at -inf (safe to modify in place)."""
+    return chunk.to(torch.float32, copy=True).masked_fill_(neg_text, float("-inf"))
+
+
+def _text_only_log_x(logits: Tensor, x: Tensor, text: Tensor, lse: Tensor) -> Tensor:
+    """logits[r, x_r] - lse_r as float32, -inf where x_r is not a text id."""
+    off_text = torch.zeros(text.shape, dtype=torch.float32, device=text.device).masked_fill_(
+        ~text, float("-inf")
+    )
+    return logits.gather(-1, x[:, None]).squeeze(-1).float() + off_text[x] - lse
+
+
+# ----- chunk kernels: (n, V_r) rows in, per-row scalars or the rows' gradient out -----
+
+
+def _logsumexp_kernel(chunk: Tensor, neg_text: Tensor) -> Tensor:
+    return torch.logsumexp(_text_only(chunk, neg_text), dim=-1)
+
+
+def _plain_logsumexp_kernel(chunk: Tensor) -> Tensor:
+    return torch.logsumexp(chunk.float(), dim=-1)
+
+
+def _log_prob_grad_kernel(
+    chunk: Tensor, neg_text: Tensor, lse: Tensor, g_p: Tensor, g_x: Tensor, x: Tensor
+) -> Tensor:
+    """-g_p x̂ + g_x e_x, float32 (n, V_r): the gradient of g_x log x̂_x, less g_p - g_x times x̂."""
+    out = _text_only(chunk, neg_text).sub_(lse[:, None]).exp_().mul_(-g_p[:, None])
+    return out.scatter_add_(-1, x[:, None], g_x[:, None])
+
+
+def _gidd_kernel(chunk: Tensor, neg_text: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """(log-normaliser, S = sum_v log1p(k x̂_v)) per row."""
+    c = _text_only(chunk, neg_text)
+    peak = c.amax(dim=-1, keepdim=True)
+    total = c.sub_(peak).exp_().sum(dim=-1, keepdim=True)  # c: exp(l - max)
+    s_sum = c.mul_(k[:, None] / total).log1p_().sum(dim=-1)  # k x̂ = exp(l - max) k / sum
+    return (peak + total.log()).squeeze(-1), s_sum
+
+
+def _gidd_grad_kernel(
+    chunk: Tensor, neg_text: Tensor, lse: Tensor, k: Tensor, g_x: Tensor, g_z: Tensor, g_s: Tensor,
+    x: Tensor, z: Tensor,
+) -> Tensor:  # fmt: skip
+    """The gradient of g_x log x̂_x + g_z log x̂_z + g_s S, in the chunk's dtype.
+
+    dS/dl = x̂ (g - sum_v g_v x̂_v), g = k / (1 + k x̂); with w = k x̂ / (1 + k x̂) = g x̂ the whole gradient is
+    g_s w - (g_s sum(w) + g_x + g_z) x̂ + g_x e_x + g_z e_z."""
+    p = _text_only(chunk, neg_text).sub_(lse[:, None]).exp_()  # x̂
+    q = p * k[:, None]
+    w = torch.add(q, 1.0).reciprocal_().mul_(q)
+    gs = g_s[:, None]
+    coef = gs * w.sum(dim=-1, keepdim=True) + (g_x + g_z)[:, None]
+    out = w.mul_(gs).sub_(p.mul_(coef))
+    out.scatter_add_(-1, x[:, None], g_x[:, None])
+    return out.scatter_add_(-1, z[:, None], g_z[:, None]).to(chunk.dtype)
+
+
+def _cluster_kernel(chunk: Tensor, neg_text: Tensor, cols: Tensor, col_pad: Tensor) -> tuple[Tensor, Tensor]:
+    """(log-normaliser, log-sum over the row's cluster columns `cols`, padded by `col_pad`) per row."""
+    c = _text_only(chunk, neg_text)
+    inside = c.gather(-1, cols).masked_fill_(col_pad, float("-inf"))
+    return torch.logsumexp(c, dim=-1), torch.logsumexp(inside, dim=-1)
+
+
+def _cluster_grad_kernel(
+    chunk: Tensor, neg_text: Tensor, lse: Tensor, lse_sel: Tensor, cols: Tensor, col_pad: Tensor,
+    g_x: Tensor, g_p: Tensor, x: Tensor,
+) -> Tensor:  # fmt: skip
+    """g_x (e_x - x̂) + g_p (y - x̂), y = softmax inside the row's cluster (its columns only), float32."""
+    c = _text_only(chunk, neg_text)
+    y = (
+        c.gather(-1, cols)
+        .masked_fill_(col_pad, float("-inf"))
+        .sub_(lse_sel[:, None])
+        .exp_()
+        .mul_(g_p[:, None])
+    )
+    out = c.sub_(lse[:, None]).exp_().mul_(-(g_x + g_p)[:, None])
+    out.scatter_add_(-1, cols, y)  # padding slots add 0
+    return out.scatter_add_(-1, x[:, None], g_x[:, None])
+
+
+# ----- autograd functions -----
 
 
 class _GiddRowTerms(torch.autograd.Function):
@@ -54,45 +189,24 @@ class _GiddRowTerms(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, logits: Tensor, x: Tensor, z: Tensor, k: Tensor, text: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        R = logits.shape[0]
-        neg_text = ~text
+        R, neg_text, kernel = logits.shape[0], ~text, _kernel(_gidd_kernel, _forward_switch(ctx))
         lse = torch.empty(R, dtype=torch.float32, device=logits.device)
         s_sum = torch.empty(R, dtype=torch.float32, device=logits.device)
-        for lo, hi in _chunks(logits):
-            chunk = _masked_float(logits, lo, hi, neg_text)
-            peak = chunk.amax(dim=-1, keepdim=True)
-            total = chunk.sub_(peak).exp_().sum(dim=-1, keepdim=True)  # chunk: exp(l - max)
-            lse[lo:hi] = (peak + total.log()).squeeze(-1)
-            # k x̂ = exp(l - max) * k / sum
-            s_sum[lo:hi] = chunk.mul_(k[lo:hi, None] / total).log1p_().sum(dim=-1)
-        text_f = torch.zeros(text.shape, dtype=torch.float32, device=text.device).masked_fill_(
-            neg_text, float("-inf")
-        )
-        log_x = logits.gather(-1, x[:, None]).squeeze(-1).float() + text_f[x] - lse
-        log_z = logits.gather(-1, z[:, None]).squeeze(-1).float() + text_f[z] - lse
+        for idx in _row_chunks(None, logits):
+            lse[idx], s_sum[idx] = kernel(logits[idx], neg_text, k[idx])
         ctx.save_for_backward(logits, x, z, k, text, lse)
-        return log_x, log_z, s_sum
+        return _text_only_log_x(logits, x, text, lse), _text_only_log_x(logits, z, text, lse), s_sum
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: Any, g_x: Tensor, g_z: Tensor, g_s: Tensor
     ) -> tuple[Tensor | None, ...]:
         logits, x, z, k, text, lse = ctx.saved_tensors
-        neg_text = ~text
+        neg_text, kernel = ~text, _kernel(_gidd_grad_kernel, ctx.compiled)
         grad = torch.empty_like(logits)
-        g_x, g_z, g_s = (g.float() for g in (g_x, g_z, g_s))
-        lse = _safe(lse)
-        for lo, hi in _chunks(logits):
-            # dS/dl = x̂ (g - sum_v g_v x̂_v), g = k / (1 + k x̂); with w = k x̂ / (1 + k x̂) = g x̂ the whole
-            # gradient is g_s w - (g_s sum(w) + g_x + g_z) x̂ + g_x e_x + g_z e_z
-            p = _masked_float(logits, lo, hi, neg_text).sub_(lse[lo:hi, None]).exp_()  # x̂
-            q = p * k[lo:hi, None]
-            w = torch.add(q, 1.0).reciprocal_().mul_(q)
-            gs = g_s[lo:hi, None]
-            coef = gs * w.sum(dim=-1, keepdim=True) + (g_x[lo:hi] + g_z[lo:hi])[:, None]
-            out = w.mul_(gs).sub_(p.mul_(coef))
-            out.scatter_add_(-1, x[lo:hi, None], g_x[lo:hi, None])
-            grad[lo:hi] = out.scatter_add_(-1, z[lo:hi, None], g_z[lo:hi, None])  # one rounding to bf16
+        g_x, g_z, g_s, lse = g_x.float(), g_z.float(), g_s.float(), _safe(lse)
+        for i in _row_chunks(None, logits):
+            grad[i] = kernel(logits[i], neg_text, lse[i], k[i], g_x[i], g_z[i], g_s[i], x[i], z[i])
         return grad, None, None, None, None
 
 
@@ -108,29 +222,6 @@ def gidd_row_terms(
     return _GiddRowTerms.apply(logits, x, z, k.float().contiguous(), text)
 
 
-def _row_chunks(rows: Tensor | None, count: int, step: int) -> list[Tensor | slice]:
-    """Chunks of the rows to compute: slices of all `count` rows, or index tensors of the True ones."""
-    if rows is None:
-        return [slice(lo, min(lo + step, count)) for lo in range(0, count, step)]
-    ids = torch.nonzero(rows).flatten()
-    return list(ids.split(step))
-
-
-def _take_float(logits: Tensor, idx: Tensor | slice) -> Tensor:
-    """The rows `idx` of `logits` as a fresh float32 tensor (safe to modify in place)."""
-    if isinstance(idx, slice):
-        return logits[idx].to(torch.float32, copy=True)
-    taken = logits.index_select(0, idx)
-    return taken if taken.dtype == torch.float32 else taken.float()
-
-
-def _put(dest: Tensor, idx: Tensor | slice, rows: Tensor) -> None:
-    if isinstance(idx, slice):
-        dest[idx] = rows
-    else:
-        dest.index_copy_(0, idx, rows.to(dest.dtype))
-
-
 class _TextLogProb(torch.autograd.Function):
     """log x̂_x per row (0 for rows not in `rows`); x̂ = softmax of the logits over text ids."""
 
@@ -138,15 +229,11 @@ class _TextLogProb(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, logits: Tensor, x: Tensor, text: Tensor, rows: Tensor | None
     ) -> Tensor:
-        neg_text = ~text
+        neg_text, kernel = ~text, _kernel(_logsumexp_kernel, _forward_switch(ctx))
         lse = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
-        for idx in _row_chunks(rows, logits.shape[0], _chunk_rows(logits)):
-            chunk = _take_float(logits, idx).masked_fill_(neg_text, float("-inf"))
-            lse[idx] = torch.logsumexp(chunk, dim=-1)
-        text_f = torch.zeros(text.shape, dtype=torch.float32, device=text.device).masked_fill_(
-            neg_text, float("-inf")
-        )
-        log_x = logits.gather(-1, x[:, None]).squeeze(-1).float() + text_f[x] - lse
+        for idx in _row_chunks(rows, logits):
+            lse[idx] = kernel(_take(logits, idx), neg_text)
+        log_x = _text_only_log_x(logits, x, text, lse)
         if rows is not None:
             log_x = torch.where(rows, log_x, 0.0)
         ctx.save_for_backward(logits, x, text, lse, rows)
@@ -155,15 +242,12 @@ class _TextLogProb(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g_x: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         logits, x, text, lse, rows = ctx.saved_tensors
-        neg_text = ~text
+        neg_text, kernel = ~text, _kernel(_log_prob_grad_kernel, ctx.compiled)
         grad = torch.empty_like(logits) if rows is None else torch.zeros_like(logits)
         g_x, lse = g_x.float(), _safe(lse)
-        for idx in _row_chunks(rows, logits.shape[0], _chunk_rows(logits)):
-            # d log x̂_x / dl = e_x - x̂
-            g = g_x[idx, None]
-            p = _take_float(logits, idx).masked_fill_(neg_text, float("-inf"))
-            out = p.sub_(lse[idx, None]).exp_().mul_(-g).scatter_add_(-1, x[idx, None], g)
-            _put(grad, idx, out)  # one rounding to the logits' dtype
+        for idx in _row_chunks(rows, logits):
+            g = g_x[idx]
+            _put(grad, idx, kernel(_take(logits, idx), neg_text, lse[idx], g, g, x[idx]))
         return grad, None, None, None
 
 
@@ -201,20 +285,13 @@ class _ClusterRowTerms(torch.autograd.Function):
         ctx: Any, logits: Tensor, x: Tensor, sel: Tensor, members: Tensor, pad: Tensor, text: Tensor,
         rows: Tensor | None,
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
-        R = logits.shape[0]
-        neg_text = ~text
+        R, neg_text, kernel = logits.shape[0], ~text, _kernel(_cluster_kernel, _forward_switch(ctx))
         lse = torch.zeros(R, dtype=torch.float32, device=logits.device)
         lse_sel = torch.zeros(R, dtype=torch.float32, device=logits.device)
-        for idx in _row_chunks(rows, R, _chunk_rows(logits)):
-            chunk = _take_float(logits, idx).masked_fill_(neg_text, float("-inf"))
-            lse[idx] = torch.logsumexp(chunk, dim=-1)
+        for idx in _row_chunks(rows, logits):
             cluster = sel[idx]
-            inside = chunk.gather(-1, members[cluster]).masked_fill_(pad[cluster], float("-inf"))
-            lse_sel[idx] = torch.logsumexp(inside, dim=-1)
-        text_f = torch.zeros(text.shape, dtype=torch.float32, device=text.device).masked_fill_(
-            neg_text, float("-inf")
-        )
-        log_x = logits.gather(-1, x[:, None]).squeeze(-1).float() + text_f[x] - lse
+            lse[idx], lse_sel[idx] = kernel(_take(logits, idx), neg_text, members[cluster], pad[cluster])
+        log_x = _text_only_log_x(logits, x, text, lse)
         log_p = lse_sel - lse
         if rows is not None:
             log_x, log_p = torch.where(rows, log_x, 0.0), torch.where(rows, log_p, 0.0)
@@ -224,20 +301,17 @@ class _ClusterRowTerms(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g_x: Tensor, g_p: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         logits, x, sel, members, pad, text, lse, lse_sel, rows = ctx.saved_tensors
-        neg_text = ~text
+        neg_text, kernel = ~text, _kernel(_cluster_grad_kernel, ctx.compiled)
         grad = torch.empty_like(logits) if rows is None else torch.zeros_like(logits)
         g_x, g_p = g_x.float(), g_p.float()
         lse, lse_sel = _safe(lse), _safe(lse_sel)
-        for idx in _row_chunks(rows, logits.shape[0], _chunk_rows(logits)):
-            chunk = _take_float(logits, idx).masked_fill_(neg_text, float("-inf"))
+        for idx in _row_chunks(rows, logits):
             cluster = sel[idx]
-            cols = members[cluster]
-            # d/dl: g_x (e_x - x̂) + g_p (y - x̂), y = softmax inside the selected cluster (its S columns)
-            y = chunk.gather(-1, cols).masked_fill_(pad[cluster], float("-inf"))
-            y = y.sub_(lse_sel[idx, None]).exp_().mul_(g_p[idx, None])
-            out = chunk.sub_(lse[idx, None]).exp_().mul_(-(g_x[idx] + g_p[idx])[:, None])
-            out.scatter_add_(-1, cols, y)  # padding slots add 0
-            _put(grad, idx, out.scatter_add_(-1, x[idx, None], g_x[idx, None]))
+            out = kernel(
+                _take(logits, idx), neg_text, lse[idx], lse_sel[idx], members[cluster], pad[cluster],
+                g_x[idx], g_p[idx], x[idx],
+            )  # fmt: skip
+            _put(grad, idx, out)
         return grad, None, None, None, None, None, None
 
 
@@ -276,8 +350,9 @@ def text_logsumexp(logits: Tensor, text: Tensor) -> Tensor:
     if excluded.numel() > 16:
         return torch.logsumexp(logits.float().masked_fill(~text, float("-inf")), dim=-1)
     lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-    for lo, hi_row in _chunks(logits):
-        lse[lo:hi_row] = torch.logsumexp(logits[lo:hi_row, :hi].float(), dim=-1)
+    kernel = _kernel(_plain_logsumexp_kernel, _USE_COMPILED.get())
+    for idx in _row_chunks(None, logits):
+        lse[idx] = kernel(logits[idx, :hi])
     if excluded.numel() == 0:
         return lse
     share = torch.exp(logits[:, excluded].float() - lse[:, None]).sum(dim=-1)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from mmdlm.config.sample import SampleConfig
 from mmdlm.diffusion.base import DiscreteProcess, SamplingOptions
+from mmdlm.diffusion.fused import compiled_kernels
 from mmdlm.sampling.ancestral import AncestralSampler, SampleOutput
 from mmdlm.sampling.self_correction import self_correct
 
@@ -138,7 +139,8 @@ def generate(
                 _rows(prompt_ids, start, stop),
                 _rows(infill, start, stop),
             )
-            tokens, calls = sampler(z, fixed, generator)
+            with compiled_kernels(config.compile):  # the processes' vocabulary reductions, as the network
+                tokens, calls = sampler(z, fixed, generator)
             nfe += calls
             if config.self_correction_steps > 0:
                 result = self_correct(

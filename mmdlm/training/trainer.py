@@ -44,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from mmdlm.config.train import TrainConfig
 from mmdlm.data.loader import BatchLoader
 from mmdlm.data.tokens import TokenDataset
+from mmdlm.diffusion.fused import compiled_kernels
 from mmdlm.eval.likelihood import eval_batches, nll_sums
 from mmdlm.families import Built, get_family
 from mmdlm.precision import effective_precision
@@ -248,7 +249,7 @@ class Trainer:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             sync = nullcontext() if (i == last or not isinstance(model, DDP)) else model.no_sync()
             with sync:
-                with self._autocast():
+                with self._autocast(), compiled_kernels(cfg.compile):
                     out = self.objective(model, batch, self.generator)
                 n = out.num_tokens if out.num_tokens is not None else torch.tensor(batch["input_ids"].numel())
                 n = n.to(self.device)

@@ -1,11 +1,23 @@
 """The fused row reductions of the GIDD+ / HDLM losses (issue 12) equal plain autograd over dense tensors, in
-value and in gradient, across chunk boundaries and for ids outside the text set."""
+value and in gradient, across chunk boundaries and for ids outside the text set; eager and with the chunk
+kernels compiled (`compiled_kernels`, what `TrainConfig.compile` turns on)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import torch
 
-from mmdlm.diffusion.fused import CHUNK_ROWS, cluster_row_terms, gidd_row_terms, text_log_prob, text_logsumexp
+from mmdlm.diffusion import fused
+from mmdlm.diffusion.fused import (
+    CHUNK_ROWS,
+    cluster_row_terms,
+    compiled_kernels,
+    gidd_row_terms,
+    text_log_prob,
+    text_logsumexp,
+)
 
 R, V = 3 * CHUNK_ROWS + 5, 37  # rows span several chunks, the last one partial
 
@@ -16,19 +28,27 @@ def _text() -> torch.Tensor:
     return text
 
 
+@pytest.fixture(params=["eager", pytest.param("compiled", marks=pytest.mark.slow)])
+def kernels(request: pytest.FixtureRequest) -> Iterator[str]:
+    with compiled_kernels(request.param == "compiled"):
+        yield request.param
+
+
 def _dense_log_x(logits: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float().masked_fill(~text, float("-inf")), dim=-1)
 
 
-def test_gidd_row_terms_match_dense_autograd() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gidd_row_terms_match_dense_autograd(kernels: str, dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(0)
     text = _text()
-    logits = (torch.randn(R, V, generator=g) * 3).requires_grad_()
+    logits = (torch.randn(R, V, generator=g) * 3).to(dtype).requires_grad_()
     x = torch.randint(1, 30, (R,), generator=g)
     z = torch.randint(0, 36, (R,), generator=g)
     z[:4] = 30  # [MASK]: log x̂ = -inf
     k = torch.rand(R, generator=g) * 50
     w = torch.randn(3, R, generator=g)
+    tol = {} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
 
     log_x, log_z, s_sum = gidd_row_terms(logits, x, z, k, text)
     dense = _dense_log_x(logits, text)
@@ -45,11 +65,12 @@ def test_gidd_row_terms_match_dense_autograd() -> None:
 
     (grad,) = torch.autograd.grad(objective(log_x, log_z, s_sum), logits)
     (ref_grad,) = torch.autograd.grad(objective(ref_x, ref_z, ref_s), logits)
-    torch.testing.assert_close(grad, ref_grad)
+    assert grad.dtype == dtype
+    torch.testing.assert_close(grad.float(), ref_grad.float(), **tol)
     assert (grad[:, ~text] == 0).all()
 
 
-def test_cluster_row_terms_match_dense_autograd_float32_and_bf16() -> None:
+def test_cluster_row_terms_match_dense_autograd_float32_and_bf16(kernels: str) -> None:
     """Also for selected rows only, clusters of very different sizes and a cluster without text ids."""
     g = torch.Generator().manual_seed(1)
     text = _text()
@@ -102,7 +123,7 @@ def test_text_logsumexp_matches_masked_logsumexp_including_dominant_excluded_ids
     torch.testing.assert_close(text_logsumexp(logits.bfloat16(), text), ref, rtol=2e-2, atol=5e-2)
 
 
-def test_text_log_prob_matches_dense_autograd_all_rows_and_selected_rows() -> None:
+def test_text_log_prob_matches_dense_autograd_all_rows_and_selected_rows(kernels: str) -> None:
     g = torch.Generator().manual_seed(3)
     text = _text()
     x = torch.randint(0, V, (R,), generator=g)  # some targets off text: -inf, as the dense log-softmax
@@ -125,3 +146,20 @@ def test_text_log_prob_matches_dense_autograd_all_rows_and_selected_rows() -> No
             torch.testing.assert_close(grad.float(), ref_grad.float(), **tol)
             if rows is not None:
                 assert (grad[~rows] == 0).all()
+
+
+@pytest.mark.slow
+def test_compiled_kernels_run_compiled_inside_the_block_only() -> None:
+    """The switch is scoped: the block compiles and runs the kernels, and code after it is eager again."""
+    g = torch.Generator().manual_seed(4)
+    text = _text()
+    logits = torch.randn(R, V, generator=g)
+    x = torch.randint(1, 30, (R,), generator=g)
+    fused._COMPILED.clear()
+    eager = text_log_prob(logits, x, text)
+    assert not fused._COMPILED
+    with compiled_kernels():
+        inside = text_log_prob(logits, x, text)
+        assert fused._USE_COMPILED.get() and fused._logsumexp_kernel in fused._COMPILED
+    assert not fused._USE_COMPILED.get()
+    torch.testing.assert_close(inside, eager)

@@ -14,6 +14,7 @@ import pytest
 
 from mmdlm.clusters import modulo_clusters
 from mmdlm.data.tokens import TokenDataset
+from mmdlm.diffusion import fused
 from mmdlm.training.debug import debug_train_config
 from mmdlm.training.metrics import read_metrics
 from mmdlm.training.trainer import Trainer
@@ -46,5 +47,30 @@ def test_losses_match_golden_curve(family: str, debug_dataset: Path, tmp_path: P
         path.parent.mkdir(parents=True, exist_ok=True)
         header = f"# {family}, mmdlm.training.debug.debug_train_config defaults, {STEPS} steps: step loss\n"
         path.write_text(header + "".join(f"{i + 1} {v!r}\n" for i, v in enumerate(losses)))
+    golden = [float(line.split()[1]) for line in path.read_text().splitlines() if not line.startswith("#")]
+    assert losses == pytest.approx(golden, rel=2e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["mdlm", "gidd", "hdlm"])
+def test_compiled_training_follows_the_same_golden_curve(
+    family: str, debug_dataset: Path, tmp_path: Path
+) -> None:
+    """`compile: true` compiles the network and the fused loss kernels: same numerics, up to summation order."""
+    extra = {}
+    if family == "hdlm":
+        extra["clusters"] = str(fixed_clusters(debug_dataset, tmp_path / "clusters"))
+    cfg = debug_train_config(
+        family,
+        debug_dataset,
+        tmp_path / "run",
+        overrides={"steps": STEPS, "save_final": False, "compile": True},
+        **extra,
+    )
+    fused._COMPILED.clear()
+    Trainer(cfg).train()
+    assert fused._COMPILED, "the loss kernels ran eager under compile: true"
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "split" not in r]
+    path = GOLDEN / f"{family}_cpu-nano.txt"
     golden = [float(line.split()[1]) for line in path.read_text().splitlines() if not line.startswith("#")]
     assert losses == pytest.approx(golden, rel=2e-3)
