@@ -69,7 +69,8 @@ def test_compiled_training_follows_the_same_golden_curve(
     )
     fused._COMPILED.clear()
     Trainer(cfg).train()
-    assert fused._COMPILED, "the loss kernels ran eager under compile: true"
+    if family != "hdlm":  # HDLM's cluster kernels run eager by design (fused.py, _cluster_kernel)
+        assert fused._COMPILED, "the loss kernels ran eager under compile: true"
     losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "split" not in r]
     path = GOLDEN / f"{family}_cpu-nano.txt"
     golden = [float(line.split()[1]) for line in path.read_text().splitlines() if not line.startswith("#")]
