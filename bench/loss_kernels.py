@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--precisions must name some of {sorted(DTYPES)}")
     torch.set_num_threads(args.threads)
     results = []
+    print("| function | precision | eager s | compiled s | speed-up | first compiled call s |")
+    print("|---|---|---|---|---|---|")
     for precision in precisions:
         for name, fn in cases(args.rows, args.vocab, args.text_ids, DTYPES[precision]).items():
             timed(fn, False)  # warm-up
