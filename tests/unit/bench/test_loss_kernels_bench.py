@@ -17,7 +17,7 @@ SCRIPT = ROOT / "bench" / "loss_kernels.py"
 @pytest.mark.slow  # compiles the kernels in a fresh process
 def test_loss_kernels_bench_writes_every_function_and_precision(tmp_path: Path) -> None:
     out = tmp_path / "kernels.json"
-    cmd = [sys.executable, str(SCRIPT), "--rows", "64", "--vocab", "384", "--text-ids", "380", "--rounds", "1",
+    cmd = [sys.executable, str(SCRIPT), "--rows", "64", "--vocab", "384", "--text-ids", "380", "--rounds", "1", "--baseline-chunk-rows", "16",
            "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -28,6 +28,7 @@ def test_loss_kernels_bench_writes_every_function_and_precision(tmp_path: Path) 
     }
     for row in rows:
         assert row["eager_s"] > 0 and row["compiled_s"] > 0 and row["speedup"] > 0
+        assert row["eager_baseline_chunk_s"] > 0 and row["chunk_speedup"] > 0
 
 
 def test_loss_kernels_bench_rejects_bad_sizes() -> None:
